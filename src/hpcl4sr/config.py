@@ -1,0 +1,154 @@
+"""Run configuration: frozen dataclasses, YAML files of partial overrides, and `--set key=value` pairs.
+
+A run's configuration has three sections: `train` (the trainer), `data` (how samples are cut) and
+`model` (the chosen model's own dataclass, declared next to the model). Every layer (dataclass
+defaults, then a YAML file, then `--set` pairs) only overrides what it names, and every key is checked
+against the dataclass so a typo fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from hpcl4sr.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The trainer's settings; the defaults are the paper's (Adam, lr 1e-3, batch 128)."""
+
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_iters: int = 60_000
+    eval_every: int = 1_000
+    patience: int = 5  # evaluations without a better valid recall@50 before stopping
+    seed: int = 2024
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 100
+    eval_batch_size: int = 1024
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
+        for name in ("batch_size", "max_iters", "eval_every", "log_every", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"train.lr: expected a positive number, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training and evaluation samples are cut from the prepared sequences."""
+
+    path: str = ""  # the prepared dataset directory; filled from --data
+    max_len: int = 0  # 0: the value recorded by `prepare` in meta.json (30 Ta-Feng/Amazon, 20 Tmall)
+    min_history: int = 4  # a training cut k is drawn uniformly from [min_history, len)
+
+    def validate(self) -> None:
+        if self.max_len < 0 or self.min_history < 1:
+            raise UserError("data.max_len must be >= 0 and data.min_history >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model_name: str
+    model: Any  # the model's own frozen dataclass
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+        }
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """Turn `["train.lr=1e-3", "model.fusion=add"]` into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw_value = pair.partition("=")
+        if not sep or not key or "." not in key:
+            raise UserError(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.001")
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = yaml.safe_load(raw_value)
+    return nested
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping with sections train / data / model")
+    return loaded
+
+
+def _coerce(cls: type, section: str, name: str, value: Any) -> Any:
+    """Check one override against the dataclass field's type; ints are accepted where floats are."""
+    expected = get_type_hints(cls)[name]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-4 (no dot) as a string; accept what Python reads as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if expected in (int, float, str, bool) and not isinstance(value, expected) or (
+        expected is int and isinstance(value, bool)
+    ):
+        raise UserError(
+            f"{section}.{name}: expected {expected.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def apply_overrides(base: Any, section: str, overrides: dict[str, Any]) -> Any:
+    """Return a copy of the frozen dataclass `base` with `overrides` applied, rejecting unknown keys."""
+    known = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown option {section}.{unknown[0]} (known: {', '.join(sorted(known))})")
+    cls = type(base)
+    checked = {name: _coerce(cls, section, name, value) for name, value in overrides.items()}
+    return dataclasses.replace(base, **checked)
+
+
+def build_config(
+    model_name: str,
+    model_defaults: Any,
+    layers: list[dict[str, Any]],
+) -> RunConfig:
+    """Merge override layers (first to last) onto the defaults and validate the result."""
+    sections = {"train": TrainConfig(), "data": DataConfig(), "model": model_defaults}
+    for layer in layers:
+        unknown = sorted(set(layer) - set(sections) - {"model_name"})
+        if unknown:
+            raise UserError(f"unknown config section {unknown[0]!r} (known: train, data, model)")
+        for section, values in layer.items():
+            if section == "model_name":
+                continue
+            if not isinstance(values, dict):
+                raise UserError(f"config section {section!r}: expected a mapping of key: value")
+            sections[section] = apply_overrides(sections[section], section, values)
+    config = RunConfig(model_name, sections["model"], sections["train"], sections["data"])
+    for part in (config.train, config.data, config.model):
+        if hasattr(part, "validate"):
+            part.validate()
+    return config

@@ -1,0 +1,112 @@
+"""The model contract and the registry.
+
+Every model is an `nn.Module` that owns its interests and its loss (RecBole's contract), so one trainer,
+one evaluator and one server serve them all:
+
+- `interests(batch) -> Tensor[B, K, d]` (K = 1 for single-vector models);
+- `item_embeddings() -> Tensor[n_items + 1, d]`, row 0 being padding;
+- `loss(batch) -> dict[str, Tensor]` with `total` and each named term (`rec`, `class`, `cl`, ...).
+
+A model is registered by name with its own frozen config dataclass, whose fields are the keys of the
+`model:` section of a run config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.errors import UserError
+from hpcl4sr.models.layers import full_softmax_loss, hard_readout, sampled_softmax_loss
+
+MODELS: dict[str, type[SequentialRecommender]] = {}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters shared by every model; a model's own config subclasses this."""
+
+    dim: int = 64
+    interests: int = 4
+    loss: str = "sampled"  # sampled | full
+    negatives: int = 10  # sampled negatives per batch = negatives * batch size, shared by the batch
+    sampler: str = "log_uniform"  # log_uniform (over popularity ranks, log-Q corrected) | uniform
+
+    def validate(self) -> None:
+        if self.loss not in ("sampled", "full"):
+            raise UserError(f"model.loss: expected sampled or full, got {self.loss!r}")
+        if self.sampler not in ("log_uniform", "uniform"):
+            raise UserError(f"model.sampler: expected log_uniform or uniform, got {self.sampler!r}")
+        if self.dim <= 0 or self.interests <= 0 or self.negatives <= 0:
+            raise UserError("model.dim, model.interests and model.negatives must be positive")
+
+
+class SequentialRecommender(nn.Module):
+    """Base of every model: the item table, the hard readout and the recommendation loss.
+
+    Subclasses implement `interests`; those with extra loss terms extend `loss`.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig, dataset: SequenceDataset, max_len: int) -> None:
+        super().__init__()
+        self.config = config
+        self.n_items = dataset.n_items
+        self.max_len = max_len
+        self.item_embedding = nn.Embedding(self.n_items + 1, config.dim, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=config.dim**-0.5)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def interests(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_embedding.weight
+
+    def recommendation_loss(self, user_vectors: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Softmax loss of `user_vectors` [B, d] against the target items, sampled or full."""
+        if self.config.loss == "full":
+            return full_softmax_loss(user_vectors, target, self.item_embeddings())
+        return sampled_softmax_loss(
+            user_vectors,
+            target,
+            self.item_embeddings(),
+            n_negatives=self.config.negatives * len(target),
+            log_uniform=self.config.sampler == "log_uniform",
+        )
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """ComiRec's training objective: the interest closest to the target, then softmax loss."""
+        interests = self.interests(batch)
+        readout = hard_readout(interests, self.item_embedding(batch.target))
+        rec = self.recommendation_loss(readout, batch.target)
+        return {"total": rec, "rec": rec}
+
+
+def register(name: str) -> Callable[[type[SequentialRecommender]], type[SequentialRecommender]]:
+    """Class decorator: make a model available to the trainer and the CLI under `name`."""
+
+    def add(cls: type[SequentialRecommender]) -> type[SequentialRecommender]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        cls.name = name
+        MODELS[name] = cls
+        return cls
+
+    return add
+
+
+def model_class(name: str) -> type[SequentialRecommender]:
+    import hpcl4sr.models  # noqa: F401  (importing the package registers every model)
+
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
+    return MODELS[name]

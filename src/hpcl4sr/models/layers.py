@@ -1,0 +1,85 @@
+"""Blocks shared by several models: interest extraction, readout and the softmax losses."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG_INF = float("-inf")
+
+
+class MultiInterestSelfAttention(nn.Module):
+    """ComiRec-SA's extractor: K attention heads over the sequence, A = softmax_L(W2 tanh(W1 X)).
+
+    Returns the attention [B, K, L]; padded positions get exactly zero weight, so padding can never
+    change an interest. Callers aggregate whichever features they need with `attention @ features`.
+    """
+
+    def __init__(self, dim: int, heads: int, hidden_factor: int = 4) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(dim, dim * hidden_factor)
+        self.heads = nn.Linear(dim * hidden_factor, heads)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.heads(torch.tanh(self.hidden(features))).transpose(1, 2)  # [B, K, L]
+        scores = scores.masked_fill(~mask[:, None, :], NEG_INF)
+        return torch.softmax(scores, dim=-1)
+
+
+def hard_readout(interests: torch.Tensor, target_embedding: torch.Tensor) -> torch.Tensor:
+    """The interest with the largest inner product with the target (ComiRec, HPCL4SR eq. 18)."""
+    best = torch.einsum("bkd,bd->bk", interests, target_embedding).argmax(dim=1)
+    return interests[torch.arange(len(interests), device=interests.device), best]
+
+
+def full_softmax_loss(user_vectors: torch.Tensor, target: torch.Tensor, item_table: torch.Tensor
+                      ) -> torch.Tensor:
+    """Cross-entropy over every real item (row 0 of the table is padding and excluded)."""
+    logits = user_vectors @ item_table[1:].T
+    return F.cross_entropy(logits, target - 1)
+
+
+def log_uniform_probability(ids: torch.Tensor, n_items: int) -> torch.Tensor:
+    """P(id) of the log-uniform (Zipfian) sampler over ids 1..N sorted by descending popularity."""
+    ids = ids.double()
+    return (torch.log1p(1.0 / ids) / math.log(n_items + 1)).float()
+
+
+def sample_negatives(n: int, n_items: int, log_uniform: bool, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw n item ids in 1..N with replacement; returns (ids, expected count of each id among n)."""
+    if log_uniform:
+        # Inverse CDF of P(id) = log(1 + 1/id) / log(N + 1): id = floor(exp(u * log(N + 1))).
+        u = torch.rand(n, device=device, dtype=torch.float64)
+        ids = torch.exp(u * math.log(n_items + 1)).floor().long().clamp_(1, n_items)
+        return ids, n * log_uniform_probability(ids, n_items)
+    ids = torch.randint(1, n_items + 1, (n,), device=device)
+    return ids, torch.full((n,), n / n_items, device=device)
+
+
+def sampled_softmax_loss(
+    user_vectors: torch.Tensor,
+    target: torch.Tensor,
+    item_table: torch.Tensor,
+    n_negatives: int,
+    log_uniform: bool = True,
+) -> torch.Tensor:
+    """Sampled softmax with negatives shared by the batch, as TensorFlow's, which ComiRec trains with.
+
+    Logits are corrected by subtracting log(expected count) of each class (log-Q correction, for the
+    target too), and a negative that equals the row's own target is removed (an accidental hit).
+    """
+    n_items = item_table.shape[0] - 1
+    negatives, negative_counts = sample_negatives(n_negatives, n_items, log_uniform, user_vectors.device)
+    if log_uniform:
+        target_counts = n_negatives * log_uniform_probability(target, n_items)
+    else:
+        target_counts = torch.full_like(target, n_negatives / n_items, dtype=torch.float32)
+    positive = (user_vectors * item_table[target]).sum(-1) - target_counts.log()
+    negative = user_vectors @ item_table[negatives].T - negative_counts.log()
+    negative = negative.masked_fill(negatives[None, :] == target[:, None], NEG_INF)
+    logits = torch.cat([positive[:, None], negative], dim=1)
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()

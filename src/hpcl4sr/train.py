@@ -1,0 +1,222 @@
+"""The one trainer every model uses: a small loop, early stopping, checkpoints, exact resume.
+
+A run directory holds:
+  config.yaml        the resolved configuration (model name, model / train / data sections)
+  metrics.jsonl      one JSON object per logged training step and per validation
+  last.pt, best.pt   checkpoint dicts (model, optimizer, step, RNG and sampler states, config, version),
+                     loadable with torch.load(weights_only=True); best.pt is the best valid recall@50
+  test_metrics.json  the best checkpoint's test metrics, fractions keyed like "recall@20"
+
+Resuming restores the model, the optimizer, the sampler's and torch's random states and the early
+stopping counters from last.pt, so an interrupted run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from hpcl4sr import __version__
+from hpcl4sr.config import RunConfig, build_config
+from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
+from hpcl4sr.errors import UserError
+from hpcl4sr.evaluate import evaluate_model
+from hpcl4sr.models.base import SequentialRecommender, model_class
+
+EARLY_STOP_METRIC = "recall@50"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def config_for_run(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
+    cls = model_class(model_name)
+    return build_config(model_name, cls.config_class(), layers)
+
+
+def read_run_config(run: Path, extra_layers: list[dict[str, Any]] = ()) -> RunConfig:
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run}: not a run directory (no config.yaml); train one with `hpcl4sr train`")
+    saved = yaml.safe_load(path.read_text())
+    return config_for_run(saved["model_name"], [saved, *extra_layers])
+
+
+def open_dataset(config: RunConfig) -> tuple[SequenceDataset, int]:
+    """The run's dataset and the effective max_len (the config's, else the one `prepare` recorded)."""
+    if not config.data.path:
+        raise UserError("no dataset: pass --data DIR (a directory written by `hpcl4sr prepare`)")
+    dataset = SequenceDataset(config.data.path)
+    return dataset, config.data.max_len or int(dataset.meta["max_len"])
+
+
+def build_model(config: RunConfig, dataset: SequenceDataset, max_len: int) -> SequentialRecommender:
+    return model_class(config.model_name)(config.model, dataset, max_len)
+
+
+def load_run(run: Path, checkpoint: str = "best.pt", device: str = "cpu"
+             ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender, int]:
+    """A trained run ready for inference: its config, dataset, model (eval mode) and max_len."""
+    config = read_run_config(run)
+    dataset, max_len = open_dataset(config)
+    model = build_model(config, dataset, max_len)
+    model.load_state_dict(load_checkpoint(Path(run) / checkpoint)["model"])
+    return config, dataset, model.to(resolve_device(device)).eval(), max_len
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object a line; on resume, lines past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        elif path.exists():
+            path.unlink()
+        self.file = path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, float]:
+    """Train `config` into run directory `out` (or continue it when `resume`); returns test metrics."""
+    out = Path(out)
+    if not resume and (out / "config.yaml").exists():
+        raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    settings = config.train
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = resolve_device(settings.device)
+    dataset, max_len = open_dataset(config)
+    _seed_everything(settings.seed)
+    model = build_model(config, dataset, max_len).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sampler = TrainSampler(dataset, settings.batch_size, max_len, config.data.min_history, settings.seed)
+    state = {"step": 0, "best_metric": -1.0, "best_step": 0, "bad_evals": 0, "finished": False}
+
+    if resume:
+        checkpoint = load_checkpoint(out / "last.pt")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        sampler.load_state_dict(checkpoint["sampler"])
+        _restore_rng(checkpoint["rng"])
+        state = checkpoint["state"]
+    log = MetricsLog(out / "metrics.jsonl", state["step"] if resume else None)
+
+    def checkpoint_dict() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": _rng_state(),
+            "state": dict(state),
+            "config": config.to_dict(),
+            "version": __version__,
+        }
+
+    bar = tqdm(total=settings.max_iters, initial=state["step"], desc=f"train {config.model_name}",
+               disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    started = time.perf_counter()
+    model.train()
+    try:
+        while not state["finished"] and state["step"] < settings.max_iters:
+            batch = sampler.sample().to(device)
+            losses = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            state["step"] += 1
+            step = state["step"]
+            bar.update(1)
+            if step % settings.log_every == 0:
+                record = {name: round(value.item(), 6) for name, value in losses.items()}
+                log.write({"step": step, "split": "train", **record})
+                bar.set_postfix(loss=f"{record['total']:.4f}", best=f"{state['best_metric']:.4f}")
+            if step % settings.eval_every == 0 or step == settings.max_iters:
+                metrics = evaluate_model(model, dataset, "valid", max_len, settings.eval_batch_size)
+                log.write({"step": step, "split": "valid", "seconds": round(time.perf_counter() - started, 1),
+                           **metrics})
+                if metrics[EARLY_STOP_METRIC] > state["best_metric"]:
+                    state.update(best_metric=metrics[EARLY_STOP_METRIC], best_step=step, bad_evals=0)
+                    atomic_save(checkpoint_dict(), out / "best.pt")
+                else:
+                    state["bad_evals"] += 1
+                    state["finished"] = state["bad_evals"] >= settings.patience
+                bar.write(f"step {step}: valid {EARLY_STOP_METRIC} {metrics[EARLY_STOP_METRIC]:.4f} "
+                          f"(best {state['best_metric']:.4f} at {state['best_step']})")
+                atomic_save(checkpoint_dict(), out / "last.pt")
+    except KeyboardInterrupt:
+        # last.pt is only written between steps (at each validation), so it is always consistent.
+        bar.close()
+        log.close()
+        raise UserError(f"interrupted; `hpcl4sr train --resume {out}` continues from the last validation") from None
+    bar.close()
+    atomic_save(checkpoint_dict(), out / "last.pt")
+    log.close()
+    return write_test_metrics(out, device)
+
+
+def write_test_metrics(out: Path, device: torch.device) -> dict[str, float]:
+    """Evaluate best.pt on the test split and write RUN/test_metrics.json."""
+    config, dataset, model, max_len = load_run(out, "best.pt", str(device))
+    metrics = evaluate_model(model, dataset, "test", max_len, config.train.eval_batch_size)
+    best = load_checkpoint(out / "best.pt")["state"]
+    report = {**metrics, "best_step": best["best_step"], "valid_recall@50": best["best_metric"]}
+    atomic_write_text(out / "test_metrics.json", json.dumps(report, indent=2) + "\n")
+    return metrics

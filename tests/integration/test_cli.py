@@ -1,0 +1,85 @@
+"""The command line as a user meets it: --help everywhere, one-line errors, no partial output."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcl4sr.data.dataset import SequenceDataset
+
+COMMANDS = [[], ["models"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"],
+            ["data"], ["data", "fetch"], ["data", "stats"], ["data", "synth"]]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcl4sr", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help(command):
+    result = cli(*command, "--help")
+    assert result.returncode == 0
+    assert "Usage" in result.stdout
+
+
+def test_models_lists_comirec_sa():
+    assert "comirec-sa" in cli("models").stdout
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_prepare_errors_leave_no_output(tmp_path: Path):
+    out = tmp_path / "out"
+    assert_one_line_error(cli("prepare", "--source", "csv", "--raw", tmp_path / "missing.csv", "--out", out),
+                          "missing.csv", "not found")
+    log = tmp_path / "log.csv"
+    log.write_text("user,product,category,time\nu1,i1,c1,1\n")
+    assert_one_line_error(cli("prepare", "--source", "csv", "--raw", log, "--out", out), "log.csv", "item")
+    log.write_text("user,item,category,time\nu1,i1,c1,1\nu1,i2,c1,2\n")
+    assert_one_line_error(cli("prepare", "--source", "csv", "--raw", log, "--out", out), "nothing left")
+    assert_one_line_error(cli("prepare", "--source", "avro", "--raw", log, "--out", out), "avro")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
+
+
+def test_synth_prepare_train_evaluate_recommend_export(tmp_path: Path):
+    log, data, run = tmp_path / "log.parquet", tmp_path / "data", tmp_path / "run"
+    assert cli("data", "synth", "--users", 300, "--items", 200, "--categories", 30, "--out", log).returncode == 0
+    assert cli("prepare", "--source", "parquet", "--raw", log, "--out", data, "--min-count", 5).returncode == 0
+    stats = json.loads(cli("data", "stats", data, "--json").stdout)
+    assert stats["users"] > 0 and stats["train_users"] + stats["valid_users"] + stats["test_users"] == stats["users"]
+
+    assert_one_line_error(cli("train", "--data", data, "--model", "nope", "--out", run), "unknown model 'nope'")
+    assert_one_line_error(cli("train", "--data", data, "--model", "comirec-sa", "--out", run, "--set", "train.lr=x"),
+                          "train.lr")
+    trained = cli("train", "--data", data, "--model", "comirec-sa", "--out", run, "--no-progress",
+                  "--set", "train.max_iters=40", "--set", "train.eval_every=20", "--set", "train.batch_size=32")
+    assert trained.returncode == 0, trained.stderr
+    assert "recall" in trained.stdout
+
+    evaluated = json.loads(cli("evaluate", "--run", run, "--json").stdout)
+    assert evaluated == pytest.approx({k: v for k, v in json.loads((run / "test_metrics.json").read_text()).items()
+                                       if "@" in k and k != "valid_recall@50"})
+
+    dataset = SequenceDataset(data)
+    user = dataset.raw_ids("user")[int(dataset.split_users["test"][0])]
+    result = json.loads(cli("recommend", "--run", run, "--user", user, "-n", 7, "--json").stdout)
+    assert len(result["recommendations"]) == 7
+    assert {"item", "category", "interest"} <= set(result["recommendations"][0])
+    assert all(0 <= row["interest"] < 4 for row in result["recommendations"])
+    assert_one_line_error(cli("recommend", "--run", run, "--user", "no-such-user"), "no-such-user")
+
+    exported = tmp_path / "export"
+    assert cli("export", "--run", run, "--out", exported).returncode == 0
+    interests = np.load(exported / "user_interests.npy")
+    assert interests.shape == (dataset.n_users, 4, 64)
+    assert np.load(exported / "item_embeddings.npy").shape == (dataset.n_items + 1, 64)

@@ -1,0 +1,59 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcl4sr.errors import UserError
+from hpcl4sr.train import config_for_run, train
+
+
+def run_config(data: Path, **train_overrides):
+    settings = {"eval_every": 20, "log_every": 10, "batch_size": 32, "seed": 5, "device": "cpu", **train_overrides}
+    return config_for_run("comirec-sa", [{"data": {"path": str(data)}, "train": settings}])
+
+
+def test_training_lowers_loss_and_writes_the_run(synthetic_dir, tmp_path):
+    metrics = train(run_config(synthetic_dir, max_iters=200, eval_every=100), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["total"] for r in records if r["split"] == "train"]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    assert [r["step"] for r in records if r["split"] == "valid"] == [100, 200]
+    saved = json.loads((run / "test_metrics.json").read_text())
+    for key in ("recall@20", "recall@50", "hr@20", "hr@50", "ndcg@50", "ndcg_std@50"):
+        assert 0.0 <= saved[key] <= 1.0 and saved[key] == pytest.approx(metrics[key])
+    assert saved["recall@50"] > 0.05  # a trained model on planted interests beats chance (50 / 300 items)
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    assert checkpoint["state"]["best_step"] in (100, 200)
+    assert checkpoint["config"]["model_name"] == "comirec-sa"
+
+
+def test_resume_continues_exactly(synthetic_dir, tmp_path):
+    train(run_config(synthetic_dir, max_iters=60), tmp_path / "straight", progress=False)
+    train(run_config(synthetic_dir, max_iters=40), tmp_path / "resumed", progress=False)
+    train(run_config(synthetic_dir, max_iters=60), tmp_path / "resumed", resume=True, progress=False)
+    straight = torch.load(tmp_path / "straight/last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/last.pt", weights_only=True)
+    assert straight["state"]["step"] == resumed["state"]["step"] == 60
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    def records(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert records("straight") == records("resumed")
+
+
+def test_existing_run_needs_resume(synthetic_dir, tmp_path):
+    train(run_config(synthetic_dir, max_iters=20), tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        train(run_config(synthetic_dir, max_iters=20), tmp_path / "run", progress=False)
+
+
+def test_early_stopping_stops(synthetic_dir, tmp_path):
+    config = run_config(synthetic_dir, max_iters=10_000, eval_every=10, patience=2, lr=1e-12)
+    train(config, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run/last.pt", weights_only=True)["state"]
+    assert state["finished"] and state["step"] == 30  # lr ~0: no improvement after the first validation

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+
+from hpcl4sr.config import load_yaml, parse_assignments
+from hpcl4sr.errors import UserError
+from hpcl4sr.train import config_for_run
+
+
+def test_layers_override_in_order_and_parse_values():
+    layers = [{"train": {"lr": 0.01, "max_iters": 10}}, parse_assignments(["train.lr=1e-4", "model.dim=32"])]
+    config = config_for_run("comirec-sa", layers)
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.train.max_iters == 10
+    assert config.model.dim == 32
+    assert config.train.batch_size == 128  # untouched defaults stay the paper's
+
+
+def test_int_is_accepted_for_float():
+    assert config_for_run("comirec-sa", [{"train": {"lr": 1}}]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ({"train": {"learning_rate": 1}}, "unknown option train.learning_rate"),
+        ({"optim": {"lr": 1}}, "unknown config section 'optim'"),
+        ({"train": {"max_iters": "many"}}, "train.max_iters: expected int"),
+        ({"train": {"device": "tpu"}}, "train.device"),
+        ({"model": {"loss": "bpr"}}, "model.loss"),
+    ],
+)
+def test_bad_options_are_named(layer, message):
+    with pytest.raises(UserError, match=message):
+        config_for_run("comirec-sa", [layer])
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(UserError, match="unknown model 'sasrec'.*comirec-sa"):
+        config_for_run("sasrec", [])
+
+
+def test_set_needs_section_and_value():
+    with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
+        parse_assignments(["lr=0.1"])
+
+
+def test_yaml_error_names_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(UserError, match=r"bad.yaml line \d+"):
+        load_yaml(path)

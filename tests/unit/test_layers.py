@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpcl4sr.models.layers import (
+    full_softmax_loss,
+    hard_readout,
+    log_uniform_probability,
+    sample_negatives,
+    sampled_softmax_loss,
+)
+
+
+def test_log_uniform_is_a_distribution_favouring_popular_ids():
+    p = log_uniform_probability(torch.arange(1, 1001), 1000)
+    assert float(p.double().sum()) == pytest.approx(1.0, abs=1e-5)
+    assert (p[:-1] > p[1:]).all()
+
+
+def test_sampler_matches_its_stated_probabilities():
+    torch.manual_seed(0)
+    ids, expected = sample_negatives(200_000, 50, log_uniform=True, device=torch.device("cpu"))
+    counts = torch.bincount(ids, minlength=51)[1:].float()
+    assert ids.min() >= 1 and ids.max() <= 50
+    expected_by_id = 200_000 * log_uniform_probability(torch.arange(1, 51), 50)
+    assert ((counts - expected_by_id).abs() < 5 * expected_by_id.sqrt()).all()  # within 5 sigma
+    assert torch.allclose(expected, 200_000 * log_uniform_probability(ids, 50))
+
+
+def test_sampled_softmax_equals_direct_computation():
+    torch.manual_seed(3)
+    table = torch.randn(21, 4)
+    users, target = torch.randn(3, 4), torch.tensor([1, 5, 20])
+    torch.manual_seed(11)
+    loss = sampled_softmax_loss(users, target, table, n_negatives=6)
+    torch.manual_seed(11)
+    negatives, _ = sample_negatives(6, 20, True, torch.device("cpu"))
+    total = 0.0
+    for row in range(3):
+        q = lambda i: 6 * math.log(1 + 1 / i) / math.log(21)  # noqa: E731 expected count of id i
+        logits = [float(users[row] @ table[target[row]]) - math.log(q(int(target[row])))]
+        logits += [float(users[row] @ table[n]) - math.log(q(int(n))) for n in negatives if n != target[row]]
+        total += -logits[0] + math.log(sum(math.exp(v) for v in logits))
+    assert float(loss) == pytest.approx(total / 3, rel=1e-4)
+
+
+def test_accidental_hits_are_removed():
+    table = torch.randn(3, 2)
+    users = torch.randn(4, 2)
+    target = torch.ones(4, dtype=torch.long)
+    torch.manual_seed(0)
+    # with one item every negative is the target: after removing them the softmax has one class left
+    loss = sampled_softmax_loss(users, target, table[:2], n_negatives=8)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_full_softmax_ignores_padding_row():
+    table = torch.randn(6, 3)
+    users, target = torch.randn(2, 3), torch.tensor([1, 5])
+    expected = F.cross_entropy(users @ table[1:].T, target - 1)
+    assert torch.allclose(full_softmax_loss(users, target, table), expected)
+
+
+def test_hard_readout_picks_the_interest_closest_to_the_target():
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    target = torch.tensor([[0.1, 0.9], [2.0, -1.0]])
+    assert torch.equal(hard_readout(interests, target), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))

@@ -1,0 +1,45 @@
+"""The model contract, checked for every registered model."""
+
+import pytest
+import torch
+
+from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
+from hpcl4sr.models import MODELS
+from hpcl4sr.train import build_model, config_for_run
+
+
+@pytest.fixture(params=sorted(MODELS))
+def model_and_batch(request, synthetic_dir):
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    config = config_for_run(request.param, [{"data": {"path": str(synthetic_dir)}}])
+    model = build_model(config, data, max_len=20)
+    batch = TrainSampler(data, 16, 20, 4, seed=0).sample()
+    return model, batch
+
+
+def test_interests_shape_and_item_table(model_and_batch):
+    model, batch = model_and_batch
+    interests = model.interests(batch)
+    assert interests.shape == (16, model.config.interests, model.config.dim)
+    assert model.item_embeddings().shape == (model.n_items + 1, model.config.dim)
+    assert torch.isfinite(interests).all()
+
+
+def test_padding_never_changes_interests(model_and_batch):
+    model, batch = model_and_batch
+    model.eval()
+    before = model.interests(batch)
+    scrambled = batch.history.masked_fill(~batch.mask, 7)  # garbage ids where the mask says padding
+    batch.history = scrambled
+    assert torch.allclose(model.interests(batch), before, atol=1e-6)
+
+
+def test_loss_terms_and_gradients(model_and_batch):
+    model, batch = model_and_batch
+    losses = model.loss(batch)
+    assert "total" in losses and "rec" in losses
+    assert all(value.dim() == 0 and torch.isfinite(value) for value in losses.values())
+    losses["total"].backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
