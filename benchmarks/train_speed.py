@@ -20,7 +20,7 @@ import torch
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.data.prepare import prepare_from_files
 from hpcl4sr.models import MODELS
-from hpcl4sr.train import build_model, config_for_run
+from hpcl4sr.train import build_model, config_for_run, make_optimizer
 
 SHARED_TAFENG = Path(__file__).resolve().parents[2] / "shared/data/tafeng/ta_feng_all_months_merged.csv.gz"
 
@@ -31,7 +31,7 @@ def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int) ->
     max_len = int(dataset.meta["max_len"])
     torch.manual_seed(0)
     model = build_model(config, dataset, max_len)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = make_optimizer(model, config.train)
     sampler = TrainSampler(dataset, batch_size, max_len, config.data.min_history, seed=0)
     sampling = 0.0
     for step in range(steps + 20):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +25,7 @@ def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
-def _reader_options(pairs: list[str], **columns: Optional[str]) -> dict[str, Any]:
+def _reader_options(pairs: list[str], **columns: str | None) -> dict[str, Any]:
     import yaml
 
     options: dict[str, Any] = {name: value for name, value in columns.items() if value is not None}
@@ -56,10 +56,10 @@ def prepare(
     min_count: Annotated[int, typer.Option(help="Minimum interactions per item and per user.")] = 12,
     max_len: Annotated[int, typer.Option(help="History length for training; 0: 20 for tmall, 30 otherwise.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the 8:1:1 user split.")] = 2024,
-    user_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the user column.")] = None,
-    item_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the item column.")] = None,
-    category_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the category column.")] = None,
-    time_col: Annotated[Optional[str], typer.Option(help="csv/parquet: the time column.")] = None,
+    user_col: Annotated[str | None, typer.Option(help="csv/parquet: the user column.")] = None,
+    item_col: Annotated[str | None, typer.Option(help="csv/parquet: the item column.")] = None,
+    category_col: Annotated[str | None, typer.Option(help="csv/parquet: the category column.")] = None,
+    time_col: Annotated[str | None, typer.Option(help="csv/parquet: the time column.")] = None,
     option: Annotated[list[str], typer.Option(help="Other reader option KEY=VALUE, e.g. behavior=buy.")] = [],
 ) -> None:
     """Filter, remap, sort and split a raw log into a dataset directory (written atomically)."""
@@ -133,17 +133,18 @@ def data_synth(
 
 @app.command()
 def train(
-    out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset directory.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model name (see `hpcl4sr models`).")] = None,
-    config: Annotated[Optional[list[Path]], typer.Option(help="YAML file of overrides; repeatable.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory to create.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (see `hpcl4sr models`).")] = None,
+    config: Annotated[list[Path] | None, typer.Option(help="YAML file of overrides; repeatable.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override SECTION.KEY=VALUE; repeatable.")] = [],
-    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory from last.pt.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from last.pt.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model; writes checkpoints, metrics.jsonl and test_metrics.json into the run directory."""
     from hpcl4sr.config import load_yaml, parse_assignments
-    from hpcl4sr.train import config_for_run, read_run_config, train as run_training
+    from hpcl4sr.train import config_for_run, read_run_config
+    from hpcl4sr.train import train as run_training
 
     layers = [load_yaml(path) for path in config or []]
     if data is not None:
@@ -219,7 +220,9 @@ def recommend(
     typer.echo(f"user {result['user']} ({result['split']} split), last {len(result['history'])} items of history")
     typer.echo(f"{'rank':>4s}  {'item':20s} {'category':14s} {'interest':>8s} {'score':>9s}")
     for row in result["recommendations"]:
-        typer.echo(f"{row['rank']:4d}  {row['item']:20s} {row['category']:14s} {row['interest']:8d} {row['score']:9.3f}")
+        typer.echo(
+            f"{row['rank']:4d}  {row['item']:20s} {row['category']:14s} {row['interest']:8d} {row['score']:9.3f}"
+        )
 
 
 @app.command()

@@ -16,7 +16,8 @@ def run_config(data: Path, **train_overrides):
 def test_training_lowers_loss_and_writes_the_run(synthetic_dir, tmp_path):
     metrics = train(run_config(synthetic_dir, max_iters=200, eval_every=100), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
+    expected = {"config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
+    assert {p.name for p in run.iterdir()} >= expected
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["total"] for r in records if r["split"] == "train"]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5

@@ -83,3 +83,73 @@ def sampled_softmax_loss(
     negative = negative.masked_fill(negatives[None, :] == target[:, None], NEG_INF)
     logits = torch.cat([positive[:, None], negative], dim=1)
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """Capsule non-linearity: keeps the direction, maps the norm into [0, 1)."""
+    squared = (vectors * vectors).sum(-1, keepdim=True)
+    return squared / (1.0 + squared) * vectors / torch.sqrt(squared + eps)
+
+
+class CapsuleRouting(nn.Module):
+    """ComiRec-DR's dynamic routing: per-interest bilinear maps, logits from 0, softmax over interests.
+
+    Item capsules u_hat[k, j] = S_k x_j; for `iterations` rounds the coupling c = softmax_K(b) weighs them
+    into interest capsules squash(sum_j c_kj u_hat[k, j]), and b grows by the agreement u_hat . interest.
+    All rounds but the last see u_hat through a stop-gradient, as in ComiRec. Padded positions get
+    coupling 0, so padding never changes an interest. `forward` returns (interests [B, K, d],
+    coupling [B, K, L]).
+    """
+
+    def __init__(self, dim: int, interests: int, iterations: int = 3) -> None:
+        super().__init__()
+        self.iterations = iterations
+        self.maps = nn.Parameter(torch.randn(interests, dim, dim) * dim**-0.5)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        item_capsules = torch.einsum("kde,ble->bkld", self.maps, features)  # [B, K, L, d]
+        frozen = item_capsules.detach()
+        logits = torch.zeros(item_capsules.shape[:3], device=features.device)  # [B, K, L]
+        valid = mask[:, None, :]
+        for round_ in range(self.iterations):
+            coupling = torch.softmax(logits, dim=1) * valid
+            last = round_ == self.iterations - 1
+            capsules = item_capsules if last else frozen
+            interests = squash(torch.einsum("bkl,bkld->bkd", coupling, capsules))
+            if not last:
+                logits = logits + torch.einsum("bkld,bkd->bkl", frozen, interests)
+        return interests, coupling
+
+
+def routing_regularization(coupling: torch.Tensor, dim: int) -> torch.Tensor:
+    """REMI's routing regulariser on the [B, K, L] routing/attention weights.
+
+    Per user, the covariance over positions of each interest's weights (divided by the embedding size,
+    as REMI's code does); the squared norm of its diagonal is summed over the batch. It penalises
+    interests that pile their weight onto a few items.
+    """
+    centred = coupling - coupling.mean(dim=2, keepdim=True)
+    variances = (centred * centred).sum(dim=2) / dim  # the diagonal of centred @ centred^T / dim
+    return (variances * variances).sum()
+
+
+def angular_contrastive_loss(low: torch.Tensor, fused: torch.Tensor, margin_degrees: float,
+                             temperature: float) -> torch.Tensor:
+    """HPCL4SR's multi-interest contrastive loss with an additive angular margin (eq. 15-17).
+
+    Per user, the 2K views are the K low-level interests P and the K fused interests M. The anchor P^k
+    has positive M^k and M^k has positive P^k; the other 2K - 2 views of the same user are negatives.
+    The positive's angle gets the margin m (clamped to pi); the loss is the cross-entropy of the
+    positive against positive + negatives, averaged over the 2K anchors and the batch.
+    """
+    k = low.shape[1]
+    views = F.normalize(torch.cat([low, fused], dim=1), dim=-1)  # [B, 2K, d]
+    cosine = views @ views.transpose(1, 2)  # [B, 2K, 2K]
+    anchors = torch.arange(2 * k, device=low.device)
+    positives = (anchors + k) % (2 * k)
+    positive_cos = cosine[:, anchors, positives].clamp(-1.0 + 1e-7, 1.0 - 1e-7)
+    angle = torch.acos(positive_cos) + math.radians(margin_degrees)
+    margin_logit = torch.cos(angle.clamp(max=math.pi))
+    logits = cosine.scatter(2, positives.expand(len(low), -1)[..., None], margin_logit[..., None])
+    logits = logits.masked_fill(torch.eye(2 * k, dtype=torch.bool, device=low.device), NEG_INF)
+    return F.cross_entropy((logits / temperature).flatten(0, 1), positives.repeat(len(low)))

@@ -1,0 +1,186 @@
+"""HPCL4SR (Zhu et al., "High-level preferences as positive examples in contrastive learning for
+multi-interest sequential recommendation", World Wide Web 2024), as ../shared/DESIGN.md §4 settles it.
+
+Read top to bottom, a forward pass is:
+1. high-level interests Q_u: category embeddings are propagated over the diffused category graph of the
+   training users by a residual GCN (eq. 1-4); the user's history categories pick rows of the result
+   (eq. 5) and a masked K-head attention pooling turns them into K vectors (eq. 6);
+2. low-level interests P_u: item + position embeddings, one round of self-attention over the sequence
+   and a linear map (eq. 7-9), then ComiRec-DR capsule routing (eq. 10);
+3. the fused interests M_u = Linear([Q_u; P_u]) (eq. 13), used for retrieval and the readout.
+Its loss (eq. 20) = sampled softmax on the hard readout of M_u (eq. 18-19) + lambda1 x the category
+classifier on the routing inputs Z (eq. 11-12) + lambda2 x the angular-margin contrastive loss between
+P_u and M_u (eq. 15-17).
+
+The paper's Table 3 variants are configs under configs/hpcl4sr/, not code forks: `high_level: false`
+drops the graph path (the `base` models use P_u directly), `fusion` swaps eq. 13 for Q + P or Q * P,
+`routing_reg` adds REMI's routing regulariser on the capsule coupling (the `cr` variant, with
+`lambda_cl: 0`), `margin: 0` is the w/o-m ablation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.errors import UserError
+from hpcl4sr.graph import Diffusion, training_graph
+from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
+from hpcl4sr.models.layers import (
+    NEG_INF,
+    CapsuleRouting,
+    MultiInterestSelfAttention,
+    angular_contrastive_loss,
+    hard_readout,
+    routing_regularization,
+)
+
+
+@dataclass(frozen=True)
+class HPCL4SRConfig(ModelConfig):
+    lambda_class: float = 0.1  # lambda1 of eq. 20
+    lambda_cl: float = 1.0  # lambda2 of eq. 20
+    temperature: float = 0.05  # tau of eq. 15
+    margin: float = 10.0  # m of eq. 15, in degrees
+    alpha: float = 0.15  # teleport probability of the diffusion weights theta_i = alpha (1 - alpha)^i
+    hops: int = 4  # powers of A2 in eq. 2
+    gcn_layers: int = 2  # L of eq. 3-4
+    routing_iterations: int = 3
+    high_level: bool = True  # the category-graph path; false for the `base` variants
+    high_pool: str = "attention"  # attention: W of eq. 6 is a masked K-head attention | linear: a K x N matrix
+    fusion: str = "mlp"  # mlp (eq. 13) | add | mul
+    class_mode: str = "supervised"  # supervised | reversed (a gradient-reversal layer before the classifier)
+    routing_reg: float = 0.0  # weight of REMI's routing regulariser on the coupling (the `cr` variant)
+    serve: str = "fused"  # retrieve with M_u (fused) or P_u (low)
+
+    def validate(self) -> None:
+        super().validate()
+        choices = {"high_pool": ("attention", "linear"), "fusion": ("mlp", "add", "mul"),
+                   "class_mode": ("supervised", "reversed"), "serve": ("fused", "low")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"model.{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.high_level and (self.lambda_cl > 0 or self.serve == "fused"):
+            raise UserError("model.high_level: false needs model.lambda_cl: 0 and model.serve: low "
+                            "(without Q_u there is no fused view)")
+        if not 0 < self.alpha <= 1 or self.hops < 0 or self.temperature <= 0:
+            raise UserError("model.alpha must be in (0, 1], model.hops >= 0 and model.temperature > 0")
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward, negated gradient backward (the `class_mode: reversed` option)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return -grad
+
+
+@register("hpcl4sr")
+class HPCL4SR(SequentialRecommender):
+    config_class = HPCL4SRConfig
+
+    def __init__(self, config: HPCL4SRConfig, dataset: SequenceDataset, max_len: int) -> None:
+        super().__init__(config, dataset, max_len)
+        dim, n_categories = config.dim, dataset.n_categories
+        self.register_buffer("item_category", torch.as_tensor(dataset.item_category, dtype=torch.long),
+                             persistent=False)
+        # Low-level path (eq. 7-10).
+        self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
+        self.context = nn.Linear(dim, dim)
+        self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations)
+        if config.lambda_class > 0:
+            self.classifier = nn.Linear(dim, n_categories + 1)
+        # High-level path (eq. 1-6) and fusion (eq. 13).
+        if config.high_level:
+            self.diffusion = Diffusion(training_graph(dataset), config.alpha, config.hops)
+            self.category_embedding = nn.Embedding(n_categories + 1, dim)
+            nn.init.normal_(self.category_embedding.weight, std=dim**-0.5)
+            self.gcn = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(config.gcn_layers))
+            if config.high_pool == "attention":
+                self.high_pool = MultiInterestSelfAttention(dim, config.interests)
+            else:
+                self.high_pool_weights = nn.Parameter(torch.randn(config.interests, max_len) * max_len**-0.5)
+            if config.fusion == "mlp":
+                self.fusion = nn.Linear(2 * dim, dim)
+
+    # --- high-level preference interests Q_u (eq. 1-6) ---------------------------------------------
+    def category_table(self) -> torch.Tensor:
+        """H-hat: the layer mean of the residual GCN over the diffused graph (eq. 3-4)."""
+        layer = self.category_embedding.weight
+        layers = [layer]
+        for weight in self.gcn:
+            layer = weight(self.diffusion(layer)) + layer
+            layers.append(layer)
+        return torch.stack(layers).mean(dim=0)
+
+    def high_level(self, batch: Batch) -> torch.Tensor:
+        mask = batch.mask
+        categories = self.item_category[batch.history]
+        history = self.category_table()[categories] * mask[..., None]  # Hg, eq. 5
+        if self.config.high_pool == "attention":
+            weights = self.high_pool(history, mask)  # [B, K, L]
+        else:
+            weights = self.high_pool_weights[:, : mask.shape[1]].expand(len(mask), -1, -1) * mask[:, None, :]
+        return weights @ history  # Q_u, eq. 6
+
+    # --- low-level preference interests P_u (eq. 7-10) ---------------------------------------------
+    def low_level(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (P_u [B, K, d], the routing inputs Z [B, L, d], the coupling [B, K, L])."""
+        mask = batch.mask
+        features = self.item_embedding(batch.history) + self.position_embedding[: mask.shape[1]]  # eq. 7
+        scores = (features @ features.transpose(1, 2)).masked_fill(~mask[:, None, :], NEG_INF)  # eq. 8
+        features = self.context(features + torch.softmax(scores, dim=-1) @ features)  # eq. 9
+        interests, coupling = self.routing(features, mask)  # eq. 10
+        return interests, features, coupling
+
+    def fuse(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """M_u (eq. 13): one Linear(2d -> d) shared over the K interests, or the add / mul ablations."""
+        if self.config.fusion == "add":
+            return high + low
+        if self.config.fusion == "mul":
+            return high * low
+        return self.fusion(torch.cat([high, low], dim=-1))
+
+    def parts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        low, routing_inputs, coupling = self.low_level(batch)
+        parts = {"low": low, "routing_inputs": routing_inputs, "coupling": coupling}
+        if self.config.high_level:
+            parts["high"] = self.high_level(batch)
+            parts["fused"] = self.fuse(parts["high"], low)
+        return parts
+
+    def interests(self, batch: Batch) -> torch.Tensor:
+        parts = self.parts(batch)
+        return parts["fused"] if self.config.serve == "fused" else parts["low"]
+
+    # --- training objective (eq. 11-12, 15-20) -----------------------------------------------------
+    def class_loss(self, routing_inputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the item categories predicted from Z at the real positions (eq. 11-12)."""
+        features = routing_inputs[batch.mask]
+        if self.config.class_mode == "reversed":
+            features = GradientReversal.apply(features)
+        return F.cross_entropy(self.classifier(features), self.item_category[batch.history[batch.mask]])
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        config = self.config
+        parts = self.parts(batch)
+        serving = parts["fused"] if config.serve == "fused" else parts["low"]
+        readout = hard_readout(serving, self.item_embedding(batch.target))  # eq. 18
+        losses = {"rec": self.recommendation_loss(readout, batch.target)}  # eq. 19
+        if config.lambda_class > 0:
+            losses["class"] = self.class_loss(parts["routing_inputs"], batch)
+        if config.lambda_cl > 0:
+            losses["cl"] = angular_contrastive_loss(parts["low"], parts["fused"], config.margin, config.temperature)
+        if config.routing_reg > 0:
+            losses["reg"] = routing_regularization(parts["coupling"], config.dim)
+        weights = {"rec": 1.0, "class": config.lambda_class, "cl": config.lambda_cl, "reg": config.routing_reg}
+        losses["total"] = sum(weights[name] * value for name, value in losses.items())  # eq. 20
+        return losses
