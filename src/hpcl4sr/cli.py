@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Obtain, generate and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+analyze_app = typer.Typer(help="Analyses of trained runs (the paper's figures).", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
 
 
 def _print_json(obj: Any) -> None:
@@ -237,6 +239,58 @@ def export(
     _, dataset, model, max_len = load_run(run, "best.pt", config_device(run))
     manifest = export_run(model, dataset, max_len, out)
     typer.echo(f"wrote {out}: {manifest['users']} users x {manifest['interests']} interests, {manifest['items']} items")
+
+
+@analyze_app.command("similarity")
+def analyze_similarity(
+    run: Annotated[list[Path], typer.Option(help="Run directory; repeat to compare runs.")],
+    out: Annotated[Path, typer.Option(help="Figure to write (.png, .pdf, .svg).")],
+    users: Annotated[int, typer.Option(help="How many random test users.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the user sample.")] = 0,
+) -> None:
+    """Histogram of the cosine similarity between each user's K interests (paper Figure 1).
+
+    Prints one JSON line per run with the mean similarity.
+    """
+    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
+    from hpcl4sr.train import load_run
+
+    series = {}
+    for path in run:
+        config, dataset, model, max_len = load_run(path, "best.pt", config_device(path))
+        values = interest_similarities(model, dataset, max_len, users, seed)
+        label = f"{config.model_name} ({path.name})"
+        series[label] = values
+        typer.echo(json.dumps({"run": str(path), "model": config.model_name, "users": values.shape[0],
+                               "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4)}))
+    plot_similarity_histogram(series, out)
+    typer.echo(f"wrote {out}")
+
+
+@analyze_app.command("summary")
+def analyze_summary(
+    run: Annotated[list[Path], typer.Option(help="Run directory; repeat. Runs of one config form one row.")],
+) -> None:
+    """Markdown table of test metrics, mean ± std (percent) over runs that share a model and config.
+
+    Runs are grouped by their config with train.seed removed, so seeds of one setting form one row.
+    """
+    import yaml
+
+    from hpcl4sr.analysis import summarize_runs
+
+    groups: dict[str, list[dict[str, float]]] = {}
+    labels: dict[str, str] = {}
+    for path in run:
+        metrics_file = path / "test_metrics.json"
+        if not metrics_file.is_file():
+            raise UserError(f"{metrics_file}: not found; has the run finished training?")
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["train"].pop("seed", None)
+        key = json.dumps(config, sort_keys=True)
+        labels.setdefault(key, f"{config['model_name']} ({path.name})")
+        groups.setdefault(key, []).append(json.loads(metrics_file.read_text()))
+    typer.echo(summarize_runs({labels[key]: runs for key, runs in groups.items()}))
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from hpcl4sr.data.dataset import SequenceDataset
 
-COMMANDS = [[], ["models"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"],
+COMMANDS = [[], ["models"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"], ["analyze"],
+            ["analyze", "similarity"], ["analyze", "summary"],
             ["data"], ["data", "fetch"], ["data", "stats"], ["data", "synth"]]
 
 
@@ -83,3 +84,24 @@ def test_synth_prepare_train_evaluate_recommend_export(tmp_path: Path):
     interests = np.load(exported / "user_interests.npy")
     assert interests.shape == (dataset.n_users, 4, 64)
     assert np.load(exported / "item_embeddings.npy").shape == (dataset.n_items + 1, 64)
+
+
+def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Path):
+    runs = []
+    for model in ("comirec-sa", "hpcl4sr"):
+        run = tmp_path / model
+        result = cli("train", "--data", synthetic_dir, "--model", model, "--out", run, "--no-progress",
+                     "--set", "train.max_iters=20", "--set", "train.eval_every=20", "--set", "train.batch_size=16")
+        assert result.returncode == 0, result.stderr
+        runs += ["--run", run]
+    figure = tmp_path / "figure1.png"
+    result = cli("analyze", "similarity", *runs, "--users", 30, "--out", figure)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["model"] for line in lines] == ["comirec-sa", "hpcl4sr"]
+    assert all(line["pairs"] == 30 * 6 and -1 <= line["mean_similarity"] <= 1 for line in lines)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = cli("analyze", "summary", *runs)
+    assert summary.returncode == 0, summary.stderr
+    rows = [line for line in summary.stdout.splitlines() if line.startswith("| comirec") or line.startswith("| hpcl")]
+    assert len(rows) == 2 and "recall@50" in summary.stdout

@@ -1,0 +1,73 @@
+"""Analyses of trained runs: the paper's Figure 1 (how similar a user's K interests are to each other)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.models.base import SequentialRecommender
+
+
+@torch.no_grad()
+def interest_similarities(
+    model: SequentialRecommender, dataset: SequenceDataset, max_len: int, users: int, seed: int = 0
+) -> np.ndarray:
+    """Cosine similarities between every pair of a user's K interests, for `users` random test users.
+
+    The interests are computed from the evaluation history (the first 80% of each sequence), as in
+    the test metrics. Returns an array [users, K(K-1)/2].
+    """
+    candidates = dataset.eval_users("test")
+    chosen = np.sort(np.random.default_rng(seed).choice(candidates, min(users, len(candidates)), replace=False))
+    batch = next(dataset.eval_batches("test", len(chosen), max_len, users=chosen))
+    device = next(model.parameters()).device
+    interests = torch.nn.functional.normalize(model.eval().interests(batch.to(device)), dim=-1)
+    cosine = interests @ interests.transpose(1, 2)
+    upper = torch.triu_indices(cosine.shape[1], cosine.shape[1], offset=1, device=device)
+    return cosine[:, upper[0], upper[1]].cpu().numpy()
+
+
+def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path) -> None:
+    """One histogram per run on shared bins, written atomically to `out` (format from its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    bins = np.linspace(-1.0, 1.0, 41)
+    for label, values in series.items():
+        axes.hist(values.ravel(), bins=bins, alpha=0.55, label=f"{label} (mean {values.mean():.3f})")
+    axes.set_xlabel("cosine similarity between two interests of a user")
+    axes.set_ylabel("interest pairs")
+    axes.set_title("Interest similarity (paper Figure 1)")
+    axes.legend()
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    os.replace(temporary, out)
+
+
+SUMMARY_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "ndcg_std@20", "ndcg_std@50", "hr@20", "hr@50")
+
+
+def summarize_runs(test_metrics: dict[str, list[dict[str, float]]]) -> str:
+    """A markdown table, one row per group of runs (e.g. one model over seeds): mean ± std in percent."""
+    header = "| runs | n | " + " | ".join(SUMMARY_COLUMNS) + " | best step |"
+    lines = [header, "|" + "---|" * (len(SUMMARY_COLUMNS) + 3)]
+    for label, runs in test_metrics.items():
+        cells = []
+        for column in SUMMARY_COLUMNS:
+            values = 100 * np.array([run[column] for run in runs])
+            spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.2f}{spread}")
+        steps = ", ".join(str(run.get("best_step", "?")) for run in runs)
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + f" | {steps} |")
+    return "\n".join(lines)

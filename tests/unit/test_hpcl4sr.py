@@ -1,0 +1,132 @@
+"""HPCL4SR's pieces checked against numbers computed by hand or by the paper's formulas directly."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
+from hpcl4sr.data.prepare import PrepareOptions, prepare
+from hpcl4sr.data.sources import RawLog
+from hpcl4sr.errors import UserError
+from hpcl4sr.graph import category_cooccurrence, diffuse, diffusion_weights, normalise, training_graph
+from hpcl4sr.models.layers import angular_contrastive_loss, routing_regularization
+from hpcl4sr.train import build_model, config_for_run
+
+
+def test_a2_on_three_categories_by_hand():
+    # a12 = 2, a13 = 1, a23 = 0: a_1 = 3, a_2 = 2, a_3 = 1 (index 0 is padding)
+    counts = np.zeros((4, 4))
+    counts[1, 2] = counts[2, 1] = 2
+    counts[1, 3] = counts[3, 1] = 1
+    a2 = normalise(counts)
+    assert a2[1, 2] == pytest.approx(2 / math.sqrt(4 * 3))
+    assert a2[1, 3] == pytest.approx(1 / math.sqrt(4 * 2))
+    assert a2[2, 3] == 0 and a2[1, 1] == 0 and not a2[0].any()
+    assert np.allclose(a2, a2.T)
+
+
+def test_diffusion_weights_sum_to_one_and_match_explicit_powers():
+    theta = diffusion_weights(0.15, 4)
+    assert theta.sum() == pytest.approx(1.0)
+    assert theta[:4] == pytest.approx([0.15, 0.15 * 0.85, 0.15 * 0.85**2, 0.15 * 0.85**3])
+    assert (np.diff(theta[:4]) < 0).all()
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5, (6, 6)).astype(float)
+    a2 = normalise(counts + counts.T)
+    explicit = sum(theta[i] * np.linalg.matrix_power(a2, i) for i in range(5))
+    assert np.allclose(diffuse(a2, 0.15, 4), explicit)
+
+
+def one_user_dataset(tmp_path, users: dict[str, list[str]]) -> SequenceDataset:
+    rows = [(user, f"{cat}-{i}", cat, i) for user, cats in users.items() for i, cat in enumerate(cats)]
+    frame = pl.DataFrame(rows, schema=["user", "item", "category", "time"], orient="row")
+    raw = RawLog(frame.with_row_index("order").with_columns(pl.col("order").cast(pl.Int64)).lazy(), None)
+    prepare(raw, PrepareOptions(source="toy", filter="none", min_count=1, split=(1.0, 0.0, 0.0)), tmp_path / "d")
+    return SequenceDataset(tmp_path / "d")
+
+
+def test_cooccurrence_counts_adjacent_changes_both_ways(tmp_path):
+    data = one_user_dataset(tmp_path, {"u": ["x", "x", "y", "x", "z"]})
+    names = data.raw_ids("category")
+    counts = category_cooccurrence(data, data.split_users["train"])
+    pair = lambda a, b: counts[names.index(a), names.index(b)]  # noqa: E731
+    assert pair("x", "y") == pair("y", "x") == 2  # x->y and y->x
+    assert pair("x", "z") == pair("z", "x") == 1
+    assert pair("x", "x") == 0 and pair("y", "z") == 0
+
+
+def test_graph_never_sees_valid_or_test_users(synthetic_dir):
+    data = SequenceDataset(synthetic_dir)
+    train_only = normalise(category_cooccurrence(data, data.split_users["train"]))
+    assert np.array_equal(training_graph(data), train_only)
+    everyone = normalise(category_cooccurrence(data, np.arange(data.n_users)))
+    assert not np.allclose(training_graph(data), everyone)
+    # the model's diffusion is built from exactly that matrix
+    config = config_for_run("hpcl4sr", [])
+    model = build_model(config, data, max_len=20)
+    expected = diffuse(train_only, 0.15, 4)
+    assert np.allclose(model.diffusion.matrix.numpy(), expected, atol=1e-6)
+
+
+def direct_contrastive(low, fused, margin_deg, tau):
+    """Eq. 15-17 written out for one user, one anchor at a time."""
+    views = [v / v.norm() for v in list(low) + list(fused)]
+    k = len(low)
+    total = 0.0
+    for a in range(2 * k):
+        p = (a + k) % (2 * k)
+        theta = math.acos(float(views[a] @ views[p]))
+        positive = math.exp(math.cos(min(theta + math.radians(margin_deg), math.pi)) / tau)
+        negatives = sum(math.exp(float(views[a] @ views[j]) / tau) for j in range(2 * k) if j not in (a, p))
+        total += -math.log(positive / (positive + negatives))
+    return total / (2 * k)
+
+
+def test_contrastive_loss_equals_direct_computation():
+    torch.manual_seed(0)
+    low, fused = torch.randn(1, 2, 5, dtype=torch.float64), torch.randn(1, 2, 5, dtype=torch.float64)
+    got = angular_contrastive_loss(low, fused, margin_degrees=10.0, temperature=0.05)
+    assert float(got) == pytest.approx(direct_contrastive(low[0], fused[0], 10.0, 0.05), rel=1e-6)
+    # identical interests cannot be told apart: higher loss than orthogonal ones
+    same = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    orthogonal = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert angular_contrastive_loss(same, same, 10.0, 0.05) > angular_contrastive_loss(orthogonal, orthogonal, 10.0, 0.05)
+    # the margin makes the task harder
+    assert angular_contrastive_loss(low, fused, 10.0, 0.05) > angular_contrastive_loss(low, fused, 0.0, 0.05)
+
+
+def test_routing_regularization_equals_direct_computation():
+    torch.manual_seed(1)
+    coupling = torch.softmax(torch.randn(3, 4, 6), dim=-1)
+    expected = 0.0
+    for user in coupling:
+        centred = user - user.mean(dim=1, keepdim=True)
+        covariance = centred @ centred.T / 64
+        expected += float((torch.diagonal(covariance) ** 2).sum())
+    assert float(routing_regularization(coupling, 64)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["base", "base_class", "add", "mul", "cr", "no_margin", "full"])
+def test_table3_variants_train_and_log_their_terms(variant, synthetic_dir):
+    from pathlib import Path
+
+    from hpcl4sr.config import load_yaml
+
+    path = Path(__file__).resolve().parents[2] / "configs/hpcl4sr" / f"{variant}.yaml"
+    config = config_for_run("hpcl4sr", [load_yaml(path)])
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    model = build_model(config, data, 20)
+    losses = model.loss(TrainSampler(data, 8, 20, 4, seed=0).sample())
+    expected = {"base": {"rec"}, "base_class": {"rec", "class"}, "cr": {"rec", "class", "reg"}}
+    assert set(losses) - {"total"} == expected.get(variant, {"rec", "class", "cl"})
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_inconsistent_variant_is_refused():
+    with pytest.raises(UserError, match="high_level"):
+        config_for_run("hpcl4sr", [{"model": {"high_level": False}}])
