@@ -67,3 +67,19 @@ def test_hard_readout_picks_the_interest_closest_to_the_target():
     interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
     target = torch.tensor([[0.1, 0.9], [2.0, -1.0]])
     assert torch.equal(hard_readout(interests, target), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+
+def test_capsule_coupling_sums_to_one_over_interests_and_ignores_padding():
+    from hpcl4sr.models.layers import CapsuleRouting
+
+    torch.manual_seed(0)
+    routing = CapsuleRouting(dim=8, interests=3)
+    features, mask = torch.randn(5, 6, 8), torch.rand(5, 6) > 0.3
+    mask[:, 0] = True
+    interests, coupling = routing(features, mask)
+    assert interests.shape == (5, 3, 8) and coupling.shape == (5, 3, 6)
+    assert torch.allclose(coupling.sum(dim=1), mask.float())  # 1 at real positions, 0 at padding
+    assert (interests.norm(dim=-1) < 1).all()  # squashed
+    shuffled = features.clone()
+    shuffled[~mask] = torch.randn(int((~mask).sum()), 8)
+    assert torch.allclose(routing(shuffled, mask)[0], interests, atol=1e-6)

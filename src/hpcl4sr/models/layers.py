@@ -94,8 +94,8 @@ def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
 class CapsuleRouting(nn.Module):
     """ComiRec-DR's dynamic routing: per-interest bilinear maps, logits from 0, softmax over interests.
 
-    Item capsules u_hat[k, j] = S_k x_j; for `iterations` rounds the coupling c = softmax_K(b) weighs them
-    into interest capsules squash(sum_j c_kj u_hat[k, j]), and b grows by the agreement u_hat . interest.
+    Item capsules u_hat[j, k] = S_k x_j; for `iterations` rounds the coupling c = softmax_K(b) weighs them
+    into interest capsules squash(sum_j c_jk u_hat[j, k]), and b grows by the agreement u_hat . interest.
     All rounds but the last see u_hat through a stop-gradient, as in ComiRec. Padded positions get
     coupling 0, so padding never changes an interest. `forward` returns (interests [B, K, d],
     coupling [B, K, L]).
@@ -104,21 +104,25 @@ class CapsuleRouting(nn.Module):
     def __init__(self, dim: int, interests: int, iterations: int = 3) -> None:
         super().__init__()
         self.iterations = iterations
-        self.maps = nn.Parameter(torch.randn(interests, dim, dim) * dim**-0.5)
+        self.interests = interests
+        # The K maps S_k side by side, [d, K*d]: one matmul makes every item capsule, already laid out
+        # [B, L, K, d] (an einsum over a [K, d, d] tensor cost permuted copies, twice the step time).
+        self.maps = nn.Parameter(torch.randn(dim, interests * dim) * dim**-0.5)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        item_capsules = torch.einsum("kde,ble->bkld", self.maps, features)  # [B, K, L, d]
+        batch, length, dim = features.shape
+        item_capsules = (features @ self.maps).view(batch, length, self.interests, dim)
         frozen = item_capsules.detach()
-        logits = torch.zeros(item_capsules.shape[:3], device=features.device)  # [B, K, L]
-        valid = mask[:, None, :]
+        logits = features.new_zeros(batch, length, self.interests)
+        valid = mask[:, :, None]
         for round_ in range(self.iterations):
-            coupling = torch.softmax(logits, dim=1) * valid
+            coupling = torch.softmax(logits, dim=2) * valid  # [B, L, K]
             last = round_ == self.iterations - 1
             capsules = item_capsules if last else frozen
-            interests = squash(torch.einsum("bkl,bkld->bkd", coupling, capsules))
+            interests = squash((capsules * coupling[..., None]).sum(dim=1))  # [B, K, d]
             if not last:
-                logits = logits + torch.einsum("bkld,bkd->bkl", frozen, interests)
-        return interests, coupling
+                logits = logits + (frozen * interests[:, None]).sum(dim=-1)
+        return interests, coupling.transpose(1, 2)
 
 
 def routing_regularization(coupling: torch.Tensor, dim: int) -> torch.Tensor:
