@@ -1,0 +1,175 @@
+"""A prepared dataset directory as CSR arrays, with vectorised training and evaluation batches.
+
+Every batch is cut with numpy fancy indexing over the CSR arrays (never a Python loop per sample), so
+sampling stays a small share of a training step even at batch sizes in the thousands. The arrays are
+memory-mapped, so several processes share one copy through the page cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpcl4sr.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+REQUIRED_FILES = ("meta.json", "offsets.npy", "items.npy", "times.npy", "item_category.npy")
+
+
+@dataclass
+class Batch:
+    """What a model sees. `history` is right-padded with 0 and `mask` marks real positions."""
+
+    history: torch.Tensor  # int64 [B, L]
+    mask: torch.Tensor  # bool [B, L]
+    history_times: torch.Tensor  # int64 [B, L], 0 at padding
+    users: torch.Tensor  # int64 [B], user indices into the dataset
+    target: torch.Tensor | None = None  # int64 [B], training only
+    targets: torch.Tensor | None = None  # int64 [B, T] right-padded with 0, evaluation only
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {
+            name: (value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value)
+            for name, value in self.__dict__.items()
+        }
+        return Batch(**moved)
+
+
+class SequenceDataset:
+    """The arrays of one prepared dataset directory plus the ids needed to talk to users."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        missing = [name for name in REQUIRED_FILES if not (self.path / name).is_file()]
+        if missing:
+            raise UserError(
+                f"{self.path}: not a prepared dataset directory (missing {', '.join(missing)}); "
+                "create one with `hpcl4sr prepare`"
+            )
+        self.meta: dict[str, Any] = json.loads((self.path / "meta.json").read_text())
+        self.offsets = np.load(self.path / "offsets.npy", mmap_mode="r")
+        self.items = np.load(self.path / "items.npy", mmap_mode="r")
+        self.times = np.load(self.path / "times.npy", mmap_mode="r")
+        self.item_category = np.load(self.path / "item_category.npy")
+        self.split_users = {name: np.load(self.path / f"{name}_users.npy") for name in SPLITS}
+        self.lengths = np.diff(self.offsets)
+        self.n_users = len(self.offsets) - 1
+        self.n_items = int(self.meta["items"])
+        self.n_categories = int(self.meta["categories"])
+        self._raw_ids: dict[str, list[str]] = {}
+
+    def raw_ids(self, kind: str) -> list[str]:
+        """Raw ids of `user`, `item` or `category`, indexed by internal id (read on first use)."""
+        if kind not in self._raw_ids:
+            lines = (self.path / f"{kind}_ids.txt").read_text(encoding="utf-8").split("\n")
+            self._raw_ids[kind] = lines[:-1]
+        return self._raw_ids[kind]
+
+    def user_index(self, raw_user: str) -> int:
+        try:
+            return self.raw_ids("user").index(raw_user)
+        except ValueError:
+            raise UserError(f"user {raw_user!r} is not in {self.path / 'user_ids.txt'}") from None
+
+    def split_of(self, user: int) -> str:
+        return next(name for name in SPLITS if np.isin(user, self.split_users[name]))
+
+    def item_popularity(self) -> np.ndarray:
+        """Interaction count per item id (row 0 = 0)."""
+        return np.bincount(np.asarray(self.items), minlength=self.n_items + 1)
+
+    def _gather(
+        self, users: np.ndarray, ends: np.ndarray, max_len: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last `max_len` interactions before position `ends` of each user, right-padded."""
+        starts = np.maximum(ends - max_len, 0)
+        steps = np.arange(max_len)
+        valid = steps[None, :] < (ends - starts)[:, None]
+        index = self.offsets[users][:, None] + starts[:, None] + steps[None, :]
+        index = np.where(valid, index, 0)
+        history = np.where(valid, self.items[index], 0)
+        times = np.where(valid, self.times[index], 0)
+        return history, times, valid
+
+    def make_batch(self, users: np.ndarray, cuts: np.ndarray, max_len: int, targets: str = "next") -> Batch:
+        """History = last `max_len` items of seq[:cut], plus the target(s) after the cut.
+
+        targets: `next` sets `target` = seq[cut] (training), `rest` sets `targets` = seq[cut:]
+        (evaluation), `none` sets neither (serving from the whole sequence).
+        """
+        history, times, valid = self._gather(users, cuts, max_len)
+        batch = Batch(
+            history=torch.from_numpy(history.astype(np.int64)),
+            mask=torch.from_numpy(valid),
+            history_times=torch.from_numpy(times.astype(np.int64)),
+            users=torch.from_numpy(users.astype(np.int64)),
+        )
+        if targets == "rest":
+            ends = self.lengths[users]
+            width = int((ends - cuts).max())
+            steps = np.arange(width)
+            valid_t = steps[None, :] < (ends - cuts)[:, None]
+            index = np.where(valid_t, self.offsets[users][:, None] + cuts[:, None] + steps[None, :], 0)
+            batch.targets = torch.from_numpy(np.where(valid_t, self.items[index], 0).astype(np.int64))
+        elif targets == "next":
+            batch.target = torch.from_numpy(self.items[self.offsets[users] + cuts].astype(np.int64))
+        return batch
+
+    def eval_users(self, split: str) -> np.ndarray:
+        """Users of a split with at least two interactions (so both history and targets are non-empty)."""
+        if split not in SPLITS:
+            raise UserError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        users = self.split_users[split]
+        return users[self.lengths[users] >= 2]
+
+    def eval_batches(self, split: str, batch_size: int, max_len: int, users: np.ndarray | None = None
+                     ) -> Iterator[Batch]:
+        """ComiRec's protocol: cut at k = int(0.8 * len); history before it, every later item a target."""
+        users = self.eval_users(split) if users is None else users
+        for start in range(0, len(users), batch_size):
+            chunk = users[start : start + batch_size]
+            cuts = (0.8 * self.lengths[chunk]).astype(np.int64)
+            yield self.make_batch(chunk, cuts, max_len, targets="rest")
+
+
+class TrainSampler:
+    """Draws training batches: users uniformly, a cut k in [min_history, len), target seq[k].
+
+    Its random state is a numpy PCG64 generator whose state goes into checkpoints, so a resumed run
+    draws exactly the batches the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, dataset: SequenceDataset, batch_size: int, max_len: int, min_history: int, seed: int
+                 ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.min_history = min_history
+        users = dataset.split_users["train"]
+        self.users = users[dataset.lengths[users] > min_history]
+        if len(self.users) == 0:
+            raise UserError(
+                f"{dataset.path}: no training user has more than data.min_history={min_history} interactions"
+            )
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> Batch:
+        users = self.users[self.rng.integers(0, len(self.users), self.batch_size)]
+        lengths = self.dataset.lengths[users]
+        cuts = self.min_history + (self.rng.random(self.batch_size) * (lengths - self.min_history)).astype(
+            np.int64
+        )
+        return self.dataset.make_batch(users, cuts, self.max_len)
+
+    def state_dict(self) -> dict[str, str]:
+        # PCG64's state holds 128-bit integers; JSON text keeps checkpoints loadable with weights_only=True.
+        return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
