@@ -59,6 +59,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:
+            if not SHARED_TAFENG.is_file():
+                parser.error(f"{SHARED_TAFENG} not found; pass --data DIR (a prepared dataset directory)")
             data = Path(scratch) / "tafeng"
             prepare_from_files("tafeng", [SHARED_TAFENG], data)
         dataset = SequenceDataset(data)

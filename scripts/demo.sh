@@ -4,7 +4,7 @@
 # recommendations printed. Re-running reuses what is already there.
 set -euo pipefail
 DEMO_DIR=${DEMO_DIR:-demo}
-MODEL=${MODEL:-comirec-sa}
+MODEL=${MODEL:-hpcl4sr}
 mkdir -p "$DEMO_DIR"
 
 if [ ! -d "$DEMO_DIR/tafeng" ] && [ ! -d "$DEMO_DIR/synthetic" ]; then

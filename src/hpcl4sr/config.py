@@ -27,7 +27,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_iters: int = 60_000
     eval_every: int = 1_000
-    patience: int = 5  # evaluations without a better valid recall@50 before stopping
+    patience: int = 10  # evaluations without a better valid recall@50 before stopping
     seed: int = 2024
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 100

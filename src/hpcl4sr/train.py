@@ -139,7 +139,7 @@ def _restore_rng(state: dict[str, Any]) -> None:
 def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, float]:
     """Train `config` into run directory `out` (or continue it when `resume`); returns test metrics."""
     out = Path(out)
-    if not resume and (out / "config.yaml").exists():
+    if not resume and (out / "last.pt").exists():  # a run that never reached a checkpoint may restart
         raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -162,6 +162,8 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
         sampler.load_state_dict(checkpoint["sampler"])
         _restore_rng(checkpoint["rng"])
         state = checkpoint["state"]
+        # A resumed run may be given more patience (or less): the stopping decision follows the new value.
+        state["finished"] = state["bad_evals"] >= settings.patience
     log = MetricsLog(out / "metrics.jsonl", state["step"] if resume else None)
 
     def checkpoint_dict() -> dict[str, Any]:

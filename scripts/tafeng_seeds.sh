@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The Ta-Feng runs behind docs/results.md: every model of the list, seeds 1-3, one budget for all:
+# at most 20,000 iterations of batch 128, early stopping on valid recall@50 (patience 10 evaluations of
+# 1,000 iterations). Finished runs are skipped and interrupted ones resumed, so it can be rerun freely.
+# Usage: scripts/tafeng_seeds.sh DATA_DIR RUNS_DIR MODEL[:CONFIG] ...
+set -euo pipefail
+DATA=$1 RUNS=$2
+shift 2
+for spec in "$@"; do
+  model=${spec%%:*}
+  config=${spec#*:}
+  name=$model
+  extra=()
+  if [ "$config" != "$spec" ]; then name=$model-$(basename "$config" .yaml); extra=(--config "$config"); fi
+  for seed in 1 2 3; do
+    out=$RUNS/$name-s$seed
+    [ -f "$out/test_metrics.json" ] && continue
+    if [ -f "$out/last.pt" ]; then
+      hpcl4sr train --resume "$out" --no-progress --set train.max_iters=20000 --set train.threads=0 \
+        --set train.patience=10
+    else
+      hpcl4sr train --data "$DATA" --model "$model" "${extra[@]}" --out "$out" --no-progress \
+        --set train.seed=$seed --set train.max_iters=20000 --set train.patience=10
+    fi
+  done
+done
