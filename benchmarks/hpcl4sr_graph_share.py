@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import dataset_dir
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
-from hpcl4sr.data.prepare import prepare_from_files
 from hpcl4sr.train import build_model, config_for_run, make_optimizer
-
-SHARED_TAFENG = Path(__file__).resolve().parents[2] / "shared/data/tafeng/ta_feng_all_months_merged.csv.gz"
 
 
 def per_call_ms(work, repeats: int) -> float:
@@ -39,12 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data
-        if data is None:
-            if not SHARED_TAFENG.is_file():
-                parser.error(f"{SHARED_TAFENG} not found; pass --data DIR (a prepared dataset directory)")
-            data = Path(scratch) / "tafeng"
-            prepare_from_files("tafeng", [SHARED_TAFENG], data)
+        data = dataset_dir(args.data, Path(scratch), parser)
         dataset = SequenceDataset(data)
         config = config_for_run("hpcl4sr", [])
         max_len = int(dataset.meta["max_len"])

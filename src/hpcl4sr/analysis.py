@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hpcl4sr.atomic import atomic_output
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.models.base import SequentialRecommender
 
@@ -47,12 +47,9 @@ def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path) -> None:
     axes.set_title("Interest similarity (paper Figure 1)")
     axes.legend()
     figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    figure.savefig(temporary, dpi=120)
+    with atomic_output(Path(out)) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
-    os.replace(temporary, out)
 
 
 SUMMARY_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "ndcg_std@20", "ndcg_std@50", "hr@20", "hr@50")

@@ -14,7 +14,6 @@ stopping counters from last.pt, so an interrupted run continues exactly as an un
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from hpcl4sr import __version__
+from hpcl4sr.atomic import save_checkpoint, write_text
 from hpcl4sr.config import RunConfig, TrainConfig, build_config
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.errors import UserError
@@ -39,18 +39,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device is cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -106,7 +94,7 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+            write_text(path, "".join(f"{line}\n" for line in kept))
         elif path.exists():
             path.unlink()
         self.file = path.open("a")
@@ -142,7 +130,7 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
     if not resume and (out / "last.pt").exists():  # a run that never reached a checkpoint may restart
         raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     settings = config.train
     if settings.threads:
@@ -201,20 +189,20 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
                            **metrics})
                 if metrics[EARLY_STOP_METRIC] > state["best_metric"]:
                     state.update(best_metric=metrics[EARLY_STOP_METRIC], best_step=step, bad_evals=0)
-                    atomic_save(checkpoint_dict(), out / "best.pt")
+                    save_checkpoint(checkpoint_dict(), out / "best.pt")
                 else:
                     state["bad_evals"] += 1
                     state["finished"] = state["bad_evals"] >= settings.patience
                 bar.write(f"step {step}: valid {EARLY_STOP_METRIC} {metrics[EARLY_STOP_METRIC]:.4f} "
                           f"(best {state['best_metric']:.4f} at {state['best_step']})")
-                atomic_save(checkpoint_dict(), out / "last.pt")
+                save_checkpoint(checkpoint_dict(), out / "last.pt")
     except KeyboardInterrupt:
         # last.pt is only written between steps (at each validation), so it is always consistent.
         bar.close()
         log.close()
         raise UserError(f"interrupted; `hpcl4sr train --resume {out}` continues from the last validation") from None
     bar.close()
-    atomic_save(checkpoint_dict(), out / "last.pt")
+    save_checkpoint(checkpoint_dict(), out / "last.pt")
     log.close()
     return write_test_metrics(out, device)
 
@@ -225,5 +213,5 @@ def write_test_metrics(out: Path, device: torch.device) -> dict[str, float]:
     metrics = evaluate_model(model, dataset, "test", max_len, config.train.eval_batch_size)
     best = load_checkpoint(out / "best.pt")["state"]
     report = {**metrics, "best_step": best["best_step"], "valid_recall@50": best["best_metric"]}
-    atomic_write_text(out / "test_metrics.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "test_metrics.json", json.dumps(report, indent=2) + "\n")
     return metrics

