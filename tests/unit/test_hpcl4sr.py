@@ -93,7 +93,8 @@ def test_contrastive_loss_equals_direct_computation():
     # identical interests cannot be told apart: higher loss than orthogonal ones
     same = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
     orthogonal = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    assert angular_contrastive_loss(same, same, 10.0, 0.05) > angular_contrastive_loss(orthogonal, orthogonal, 10.0, 0.05)
+    identical_loss = angular_contrastive_loss(same, same, 10.0, 0.05)
+    assert identical_loss > angular_contrastive_loss(orthogonal, orthogonal, 10.0, 0.05)
     # the margin makes the task harder
     assert angular_contrastive_loss(low, fused, 10.0, 0.05) > angular_contrastive_loss(low, fused, 0.0, 0.05)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from hpcl4sr.errors import UserError
@@ -79,6 +80,23 @@ class SequenceDataset:
 
     def split_of(self, user: int) -> str:
         return next(name for name in SPLITS if np.isin(user, self.split_users[name]))
+
+    def user_profile(self) -> tuple[np.ndarray, list[int]] | None:
+        """The profile fields of meta["user_features"] as integer codes, or None without a profile.
+
+        Returns (codes [n_users, n_fields] int64, each field's vocabulary size). Within a field the distinct
+        values are numbered 1..V in sorted string order; 0 means unknown (a null, or a user with no row),
+        so a field's vocabulary size is V + 1.
+        """
+        fields = self.meta.get("user_features") or []
+        path = self.path / "user_features.parquet"
+        if not fields or not path.is_file():
+            return None
+        frame = pl.read_parquet(path, columns=["user_index", *fields])
+        ranked = frame.select(pl.col(f).cast(pl.String).rank("dense").fill_null(0) for f in fields)
+        codes = np.zeros((self.n_users, len(fields)), dtype=np.int64)
+        codes[frame["user_index"].to_numpy()] = ranked.to_numpy()
+        return codes, [int(ranked[f].max() or 0) + 1 for f in fields]
 
     def item_popularity(self) -> np.ndarray:
         """Interaction count per item id (row 0 = 0)."""

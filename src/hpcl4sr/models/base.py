@@ -22,7 +22,7 @@ from torch import nn
 
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
-from hpcl4sr.models.layers import full_softmax_loss, hard_readout, sampled_softmax_loss
+from hpcl4sr.models.layers import NegativeReweighting, full_softmax_loss, hard_readout, sampled_softmax_loss
 
 MODELS: dict[str, type[SequentialRecommender]] = {}
 
@@ -71,16 +71,22 @@ class SequentialRecommender(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_embedding.weight
 
-    def recommendation_loss(self, user_vectors: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Softmax loss of `user_vectors` [B, d] against the target items, sampled or full."""
+    def recommendation_loss(
+        self, user_vectors: torch.Tensor, target: torch.Tensor, reweight: NegativeReweighting | None = None
+    ) -> torch.Tensor:
+        """Softmax loss of `user_vectors` [B, d] against the target items, sampled or full.
+
+        `reweight` adds log weights to the negatives' logits (REMI's hard negatives).
+        """
         if self.config.loss == "full":
-            return full_softmax_loss(user_vectors, target, self.item_embeddings())
+            return full_softmax_loss(user_vectors, target, self.item_embeddings(), reweight)
         return sampled_softmax_loss(
             user_vectors,
             target,
             self.item_embeddings(),
             n_negatives=self.config.negatives * len(target),
             log_uniform=self.config.sampler == "log_uniform",
+            reweight=reweight,
         )
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:

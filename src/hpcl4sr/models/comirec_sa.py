@@ -28,7 +28,11 @@ class ComiRecSA(SequentialRecommender):
         self.position_embedding = nn.Parameter(torch.randn(max_len, config.dim) * config.dim**-0.5)
         self.attention = MultiInterestSelfAttention(config.dim, config.interests)
 
-    def interests(self, batch: Batch) -> torch.Tensor:
+    def interests_and_attention(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(interests [B, K, d], attention [B, K, L]); REMI regularises the attention."""
         items = self.item_embedding(batch.history) * batch.mask[..., None]
         attention = self.attention(items + self.position_embedding, batch.mask)
-        return attention @ items
+        return attention @ items, attention
+
+    def interests(self, batch: Batch) -> torch.Tensor:
+        return self.interests_and_attention(batch)[0]

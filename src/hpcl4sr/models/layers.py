@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +37,21 @@ def hard_readout(interests: torch.Tensor, target_embedding: torch.Tensor) -> tor
     return interests[torch.arange(len(interests), device=interests.device), best]
 
 
-def full_softmax_loss(user_vectors: torch.Tensor, target: torch.Tensor, item_table: torch.Tensor
-                      ) -> torch.Tensor:
-    """Cross-entropy over every real item (row 0 of the table is padding and excluded)."""
+NegativeReweighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(raw scores of the negatives [B, N], which of them are excluded [B, N]) -> log weights [B, N] added to the
+negatives' logits (REMI's interest-aware hard negatives); excluded entries' weights are ignored."""
+
+
+def full_softmax_loss(user_vectors: torch.Tensor, target: torch.Tensor, item_table: torch.Tensor,
+                      reweight: NegativeReweighting | None = None) -> torch.Tensor:
+    """Cross-entropy over every real item (row 0 of the table is padding and excluded).
+
+    With `reweight`, every item but the row's target is a negative whose logit gets the returned log weight.
+    """
     logits = user_vectors @ item_table[1:].T
+    if reweight is not None:
+        is_target = F.one_hot(target - 1, logits.shape[1]).bool()
+        logits = logits + reweight(logits, is_target).masked_fill(is_target, 0.0)
     return F.cross_entropy(logits, target - 1)
 
 
@@ -60,29 +73,69 @@ def sample_negatives(n: int, n_items: int, log_uniform: bool, device: torch.devi
     return ids, torch.full((n,), n / n_items, device=device)
 
 
+@dataclass
+class SampledClasses:
+    """The negatives of one sampled-softmax step, shared by the batch, and their log-Q corrections."""
+
+    negatives: torch.Tensor  # [N] item ids, drawn with replacement
+    negative_log_q: torch.Tensor  # [N] log of each negative's expected count among the N draws
+    target_log_q: torch.Tensor  # [B] the same for each row's target
+
+    def accidental_hits(self, target: torch.Tensor) -> torch.Tensor:
+        """[B, N]: the negatives that equal the row's own target."""
+        return self.negatives[None, :] == target[:, None]
+
+
+def sample_classes(target: torch.Tensor, n_items: int, n_negatives: int, log_uniform: bool) -> SampledClasses:
+    """Draw the batch's shared negatives (see `sample_negatives`) and the expected counts for log-Q."""
+    negatives, negative_counts = sample_negatives(n_negatives, n_items, log_uniform, target.device)
+    if log_uniform:
+        target_counts = n_negatives * log_uniform_probability(target, n_items)
+    else:
+        target_counts = torch.full_like(target, n_negatives / n_items, dtype=torch.float32)
+    return SampledClasses(negatives, negative_counts.log(), target_counts.log())
+
+
+def corrected_sampled_softmax(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    target: torch.Tensor,
+    classes: SampledClasses,
+    reweight: NegativeReweighting | None = None,
+) -> torch.Tensor:
+    """Sampled softmax from raw scores: the target's [B] and the shared negatives' [B, N].
+
+    Every logit is corrected by subtracting log(expected count) of its class (log-Q correction, for the
+    target too), a negative that equals the row's own target is removed (an accidental hit), and
+    `reweight`, if given, adds its log weights to the remaining negatives' logits. Models that score
+    items their own way (UMI: each item against its best interest) share the correction through this.
+    """
+    hits = classes.accidental_hits(target)
+    positive = positive - classes.target_log_q
+    logits = negative - classes.negative_log_q
+    if reweight is not None:
+        logits = logits + reweight(negative, hits)
+    logits = logits.masked_fill(hits, NEG_INF)
+    logits = torch.cat([positive[:, None], logits], dim=1)
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
 def sampled_softmax_loss(
     user_vectors: torch.Tensor,
     target: torch.Tensor,
     item_table: torch.Tensor,
     n_negatives: int,
     log_uniform: bool = True,
+    reweight: NegativeReweighting | None = None,
 ) -> torch.Tensor:
     """Sampled softmax with negatives shared by the batch, as TensorFlow's, which ComiRec trains with.
 
-    Logits are corrected by subtracting log(expected count) of each class (log-Q correction, for the
-    target too), and a negative that equals the row's own target is removed (an accidental hit).
+    Logits are log-Q corrected and accidental hits removed (see `corrected_sampled_softmax`).
     """
-    n_items = item_table.shape[0] - 1
-    negatives, negative_counts = sample_negatives(n_negatives, n_items, log_uniform, user_vectors.device)
-    if log_uniform:
-        target_counts = n_negatives * log_uniform_probability(target, n_items)
-    else:
-        target_counts = torch.full_like(target, n_negatives / n_items, dtype=torch.float32)
-    positive = (user_vectors * item_table[target]).sum(-1) - target_counts.log()
-    negative = user_vectors @ item_table[negatives].T - negative_counts.log()
-    negative = negative.masked_fill(negatives[None, :] == target[:, None], NEG_INF)
-    logits = torch.cat([positive[:, None], negative], dim=1)
-    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    classes = sample_classes(target, item_table.shape[0] - 1, n_negatives, log_uniform)
+    positive = (user_vectors * item_table[target]).sum(-1)
+    negative = user_vectors @ item_table[classes.negatives].T
+    return corrected_sampled_softmax(positive, negative, target, classes, reweight)
 
 
 def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -112,17 +165,32 @@ class CapsuleRouting(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length, dim = features.shape
         item_capsules = (features @ self.maps).view(batch, length, self.interests, dim)
-        frozen = item_capsules.detach()
         logits = features.new_zeros(batch, length, self.interests)
-        valid = mask[:, :, None]
-        for round_ in range(self.iterations):
-            coupling = torch.softmax(logits, dim=2) * valid  # [B, L, K]
-            last = round_ == self.iterations - 1
-            capsules = item_capsules if last else frozen
-            interests = squash((capsules * coupling[..., None]).sum(dim=1))  # [B, K, d]
-            if not last:
-                logits = logits + (frozen * interests[:, None]).sum(dim=-1)
-        return interests, coupling.transpose(1, 2)
+        return dynamic_routing(item_capsules, logits, mask, self.iterations)
+
+
+def dynamic_routing(item_capsules: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, iterations: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The routing loop shared by ComiRec-DR (`CapsuleRouting`, logits from 0) and MIND (Gaussian logits).
+
+    item_capsules [B, L, K, d] are the predictions u_hat (MIND passes one shared prediction expanded over
+    K); logits [B, L, K] are the initial routing logits. Each round the coupling c = softmax over the K
+    interests of the logits, zeroed at padding, weighs the predictions into squash(sum_j c_jk u_hat[j, k]);
+    the logits then grow by the agreement u_hat . interest. All rounds but the last see u_hat through a
+    stop-gradient (ComiRec's code), so the gradient reaches u_hat only through the last round's sum.
+    Because the coupling is 0 at padding, neither the predictions nor the logits there can change an
+    interest. Returns (interests [B, K, d], coupling [B, K, L]).
+    """
+    frozen = item_capsules.detach()
+    valid = mask[:, :, None]
+    for round_ in range(iterations):
+        coupling = torch.softmax(logits, dim=2) * valid  # [B, L, K]
+        last = round_ == iterations - 1
+        capsules = item_capsules if last else frozen
+        interests = squash((capsules * coupling[..., None]).sum(dim=1))  # [B, K, d]
+        if not last:
+            logits = logits + (frozen * interests[:, None]).sum(dim=-1)
+    return interests, coupling.transpose(1, 2)
 
 
 def routing_regularization(coupling: torch.Tensor, dim: int) -> torch.Tensor:
