@@ -36,10 +36,13 @@ class ModelConfig:
     loss: str = "sampled"  # sampled | full
     negatives: int = 10  # sampled negatives per batch = negatives * batch size, shared by the batch
     sampler: str = "log_uniform"  # log_uniform (over popularity ranks, log-Q corrected) | uniform
+    embedding_init: str = "glorot"  # glorot: TensorFlow's default, as ComiRec | normal: N(0, 1/d)
 
     def validate(self) -> None:
         if self.loss not in ("sampled", "full"):
             raise UserError(f"model.loss: expected sampled or full, got {self.loss!r}")
+        if self.embedding_init not in ("normal", "glorot"):
+            raise UserError(f"model.embedding_init: expected normal or glorot, got {self.embedding_init!r}")
         if self.sampler not in ("log_uniform", "uniform"):
             raise UserError(f"model.sampler: expected log_uniform or uniform, got {self.sampler!r}")
         if self.dim <= 0 or self.interests <= 0 or self.negatives <= 0:
@@ -61,7 +64,10 @@ class SequentialRecommender(nn.Module):
         self.n_items = dataset.n_items
         self.max_len = max_len
         self.item_embedding = nn.Embedding(self.n_items + 1, config.dim, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=config.dim**-0.5)
+        if config.embedding_init == "glorot":  # uniform(+-sqrt(6 / (N + 1 + d))), tiny for big catalogues
+            nn.init.xavier_uniform_(self.item_embedding.weight)
+        else:
+            nn.init.normal_(self.item_embedding.weight, std=config.dim**-0.5)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
