@@ -2,11 +2,12 @@
 # The Ta-Feng runs behind docs/results.md: every model of the list, seeds 1-3, one budget for all:
 # at most 20,000 iterations of batch 128, early stopping on valid recall@50 (patience 10 evaluations of
 # 1,000 iterations). Finished runs are skipped and interrupted ones resumed, so it can be rerun freely.
-# Usage: [THREADS=n] scripts/tafeng_seeds.sh DATA_DIR RUNS_DIR MODEL[:CONFIG] ...
+# Usage: [THREADS=n] [SEEDS="1 2 3"] scripts/tafeng_seeds.sh DATA_DIR RUNS_DIR MODEL[:CONFIG] ...
 # THREADS=1 lets two such lanes share a 2-core machine (more throughput than one lane of 2 threads).
 set -euo pipefail
 DATA=$1 RUNS=$2
 THREADS=${THREADS:-0}
+SEEDS=${SEEDS:-1 2 3}
 shift 2
 for spec in "$@"; do
   model=${spec%%:*}
@@ -14,7 +15,7 @@ for spec in "$@"; do
   name=$model
   extra=()
   if [ "$config" != "$spec" ]; then name=$model-$(basename "$config" .yaml); extra=(--config "$config"); fi
-  for seed in 1 2 3; do
+  for seed in $SEEDS; do
     out=$RUNS/$name-s$seed
     [ -f "$out/test_metrics.json" ] && continue
     if [ -f "$out/last.pt" ]; then
