@@ -78,7 +78,8 @@ class UMI(SequentialRecommender):
             self.profile_query = nn.Linear(dim, dim, bias=False)
             self.profile_output = nn.Linear(dim, dim)
         self.importance_hidden = nn.Linear(2 * dim if self.has_profile else dim, 4 * dim)
-        self.importance_score = nn.Linear(4 * dim, 1)
+        # no bias: a constant added to every position's score cancels in the softmax over positions
+        self.importance_score = nn.Linear(4 * dim, 1, bias=False)
         self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations)
 
     def profile_fields(self, users: torch.Tensor) -> torch.Tensor:
