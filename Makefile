@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
+MODEL ?= hpcl4sr
 
 .PHONY: demo test bench clean
 
@@ -23,7 +24,7 @@ $(VENV)/.dev: $(VENV)/.core
 	touch $@
 
 demo: $(VENV)/.core
-	DEMO_DIR=$(DEMO_DIR) PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
+	DEMO_DIR=$(DEMO_DIR) MODEL=$(MODEL) PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest

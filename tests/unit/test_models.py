@@ -5,7 +5,7 @@ import torch
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.models import MODELS
-from hpcl4sr.train import build_model, config_for_run
+from hpcl4sr.train import build_model, config_for_run, make_optimizer
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -43,3 +43,18 @@ def test_loss_terms_and_gradients(model_and_batch):
     losses["total"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+def test_fifty_steps_lower_the_loss(model_and_batch, synthetic_dir):
+    model, _ = model_and_batch
+    optimizer = make_optimizer(model, config_for_run(model.name, []).train)
+    sampler = TrainSampler(SequenceDataset(synthetic_dir), 64, 20, 4, seed=0)
+    losses = []
+    for _ in range(50):
+        total = model.loss(sampler.sample())["total"]
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-10:]) < sum(losses[:10])
