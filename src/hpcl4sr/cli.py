@@ -288,7 +288,7 @@ def analyze_summary(
         config = yaml.safe_load((path / "config.yaml").read_text())
         config["train"].pop("seed", None)
         key = json.dumps(config, sort_keys=True)
-        labels.setdefault(key, f"{config['model_name']} ({path.name})")
+        labels.setdefault(key, f"{config['model_name']} ({path})")
         groups.setdefault(key, []).append(json.loads(metrics_file.read_text()))
     typer.echo(summarize_runs({labels[key]: runs for key, runs in groups.items()}))
 
