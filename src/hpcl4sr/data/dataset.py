@@ -98,10 +98,6 @@ class SequenceDataset:
         codes[frame["user_index"].to_numpy()] = ranked.to_numpy()
         return codes, [int(ranked[f].max() or 0) + 1 for f in fields]
 
-    def item_popularity(self) -> np.ndarray:
-        """Interaction count per item id (row 0 = 0)."""
-        return np.bincount(np.asarray(self.items), minlength=self.n_items + 1)
-
     def _gather(
         self, users: np.ndarray, ends: np.ndarray, max_len: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
