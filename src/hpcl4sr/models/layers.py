@@ -26,9 +26,11 @@ class MultiInterestSelfAttention(nn.Module):
         self.heads = nn.Linear(dim * hidden_factor, heads)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores = self.heads(torch.tanh(self.hidden(features))).transpose(1, 2)  # [B, K, L]
-        scores = scores.masked_fill(~mask[:, None, :], NEG_INF)
-        return torch.softmax(scores, dim=-1)
+        # Score the real positions only (about 60% of a Ta-Feng batch): the 4d-wide hidden layer and its
+        # tanh are most of this module's cost, and padded positions get -inf whatever they would score.
+        scores = features.new_full((*mask.shape, self.heads.out_features), NEG_INF)
+        scores = scores.masked_scatter(mask[..., None], self.heads(torch.tanh(self.hidden(features[mask]))))
+        return torch.softmax(scores.transpose(1, 2), dim=-1)  # [B, K, L]
 
 
 def hard_readout(interests: torch.Tensor, target_embedding: torch.Tensor) -> torch.Tensor:
