@@ -185,22 +185,10 @@ def evaluate(
     from hpcl4sr.evaluate import evaluate_model
     from hpcl4sr.train import load_run
 
-    config, dataset, model, max_len = load_run(run, checkpoint, config_device(run))
+    config, dataset, model, max_len = load_run(run, checkpoint)
     metrics = evaluate_model(model, dataset, split, max_len, config.train.eval_batch_size,
                              filter_history=filter_history, progress=True)
     typer.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
-
-
-def config_device(run: Path) -> str:
-    from hpcl4sr.train import read_run_config
-
-    return "cuda" if read_run_config(run).train.device != "cpu" and _cuda() else "cpu"
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @app.command()
@@ -214,7 +202,7 @@ def recommend(
     from hpcl4sr.serve.recommend import recommend as top_items
     from hpcl4sr.train import load_run
 
-    _, dataset, model, max_len = load_run(run, "best.pt", config_device(run))
+    _, dataset, model, max_len = load_run(run)
     result = top_items(model, dataset, user, n, max_len)
     if as_json:
         _print_json(result)
@@ -236,7 +224,7 @@ def export(
     from hpcl4sr.serve.recommend import export_run
     from hpcl4sr.train import load_run
 
-    _, dataset, model, max_len = load_run(run, "best.pt", config_device(run))
+    _, dataset, model, max_len = load_run(run)
     manifest = export_run(model, dataset, max_len, out)
     typer.echo(f"wrote {out}: {manifest['users']} users x {manifest['interests']} interests, {manifest['items']} items")
 
@@ -257,7 +245,7 @@ def analyze_similarity(
 
     series = {}
     for path in run:
-        config, dataset, model, max_len = load_run(path, "best.pt", config_device(path))
+        config, dataset, model, max_len = load_run(path)
         values = interest_similarities(model, dataset, max_len, users, seed)
         label = f"{config.model_name} ({path.name})"
         series[label] = values

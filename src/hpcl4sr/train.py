@@ -77,13 +77,17 @@ def make_optimizer(model: SequentialRecommender, settings: TrainConfig) -> torch
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
 
 
-def load_run(run: Path, checkpoint: str = "best.pt", device: str = "cpu"
+def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None
              ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender, int]:
-    """A trained run ready for inference: its config, dataset, model (eval mode) and max_len."""
+    """A trained run ready for inference: its config, dataset, model (eval mode) and max_len.
+
+    `device` None: CUDA when available unless the run was trained with train.device cpu.
+    """
     config = read_run_config(run)
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len)
     model.load_state_dict(load_checkpoint(Path(run) / checkpoint)["model"])
+    device = device or ("cpu" if config.train.device == "cpu" else "auto")
     return config, dataset, model.to(resolve_device(device)).eval(), max_len
 
 
@@ -105,10 +109,6 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -137,7 +137,7 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
     dataset, max_len = open_dataset(config)
-    _seed_everything(settings.seed)
+    torch.manual_seed(settings.seed)  # the initialisation and the in-model draws (negatives); numpy samples batches
     model = build_model(config, dataset, max_len).to(device)
     optimizer = make_optimizer(model, settings)
     sampler = TrainSampler(dataset, settings.batch_size, max_len, config.data.min_history, settings.seed)
