@@ -1,9 +1,11 @@
 """Training iterations per second of every registered model, and the share of a step spent sampling.
 
 Prints one JSON object: {"it_per_s": {model: value}, "sampling_share": {model: value}, ...}.
-By default it prepares real Ta-Feng from ../shared/data (or takes --data DIR, a prepared directory).
+By default it prepares real Ta-Feng from ../shared/data; --synthetic-tmall measures on a synthetic log
+with Tmall-Buy's catalogue (311,746 items) instead, and --data DIR on any prepared directory.
 
-    python benchmarks/train_speed.py [--data DIR] [--steps 300] [--batch-size 128] [--models a,b]
+    python benchmarks/train_speed.py [--data DIR | --synthetic-tmall [--users 50000]] [--steps 300]
+        [--batch-size 128] [--models a,b] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -16,52 +18,70 @@ import time
 from pathlib import Path
 
 import torch
-from common import dataset_dir
+from common import dataset_dir, synthetic_tmall_dir
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.models import MODELS
-from hpcl4sr.train import build_model, config_for_run, make_optimizer
+from hpcl4sr.train import build_model, config_for_run, make_optimizer, resolve_device
 
 
-def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int) -> tuple[float, float]:
+def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int, device: torch.device
+            ) -> tuple[float, float]:
     """(iterations per second, fraction of the step spent drawing the batch) after a warm-up."""
     config = config_for_run(name, [{"train": {"batch_size": batch_size}}])
     max_len = int(dataset.meta["max_len"])
     torch.manual_seed(0)
-    model = build_model(config, dataset, max_len)
+    model = build_model(config, dataset, max_len).to(device)
     optimizer = make_optimizer(model, config.train)
     sampler = TrainSampler(dataset, batch_size, max_len, config.data.min_history, seed=0)
     sampling = 0.0
     for step in range(steps + 20):
         if step == 20:  # warm-up done: start the clocks
+            synchronize(device)
             started, sampling = time.perf_counter(), 0.0
         tick = time.perf_counter()
-        batch = sampler.sample()
+        batch = sampler.sample().to(device)
         sampling += time.perf_counter() - tick
         loss = model.loss(batch)["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    synchronize(device)
     elapsed = time.perf_counter() - started
     return steps / elapsed, sampling / elapsed
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so the clock measures it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="prepared dataset directory (default: Ta-Feng from ../shared)")
+    parser.add_argument("--synthetic-tmall", action="store_true", help="a synthetic log with Tmall's catalogue")
+    parser.add_argument("--users", type=int, default=50_000, help="users of the --synthetic-tmall log")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--models", default=",".join(sorted(MODELS)))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        data = dataset_dir(args.data, Path(scratch), parser)
+        if args.synthetic_tmall:
+            data = synthetic_tmall_dir(Path(scratch), args.users)
+        else:
+            data = dataset_dir(args.data, Path(scratch), parser)
         dataset = SequenceDataset(data)
+        device = resolve_device(args.device)
         speeds, shares = {}, {}
         for name in args.models.split(","):
-            speeds[name], shares[name] = measure(name, dataset, args.steps, args.batch_size)
+            speeds[name], shares[name] = measure(name, dataset, args.steps, args.batch_size, device)
     print(json.dumps({
-        "dataset": dataset.meta["source"],
+        "dataset": "synthetic-tmall" if args.synthetic_tmall else dataset.meta["source"],
+        "items": dataset.n_items,
+        "device": str(device),
         "batch_size": args.batch_size,
         "steps": args.steps,
         "threads": torch.get_num_threads(),

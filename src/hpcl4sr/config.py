@@ -33,10 +33,14 @@ class TrainConfig:
     log_every: int = 100
     eval_batch_size: int = 1024
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the training step; evaluation stays fp32)
+    compile: bool = False  # torch.compile the training step
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"train.precision: expected fp32 or bf16, got {self.precision!r}")
         for name in ("batch_size", "max_iters", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")

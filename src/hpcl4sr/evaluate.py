@@ -1,11 +1,16 @@
 """Evaluate a model on a split: exact chunked top-k over all items, the K-interest merge, the metrics.
 
-The pure pieces (per-user `rank_metrics`, `topk_multi_interest`, `batch_metric_sums`) live in
+The pure pieces (per-user `rank_metrics`, `topk_multi_interest`, `batch_metric_values`) live in
 `evaluate_core` and are re-exported here; this module feeds them a model and a dataset.
+
+Under torchrun the users are sharded over the ranks in whole evaluation batches (so every batch is
+computed exactly as one process computes it) and the per-user metrics gathered; means are taken with
+`math.fsum`, which is exact whatever the order, so sharded metrics equal single-process ones bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,16 +18,17 @@ import torch
 from tqdm import tqdm
 
 from hpcl4sr.data.dataset import SequenceDataset
-from hpcl4sr.evaluate_core import batch_metric_sums, rank_metrics, topk_multi_interest
+from hpcl4sr.distributed import ProcessGroup, current_group
+from hpcl4sr.evaluate_core import batch_metric_values, rank_metrics, topk_multi_interest
 from hpcl4sr.models.base import SequentialRecommender
 
-__all__ = ["batch_metric_sums", "evaluate_model", "metric_sums", "rank_metrics", "topk_multi_interest"]
+__all__ = ["batch_metric_values", "evaluate_model", "rank_metrics", "topk_multi_interest", "user_metrics"]
 
 CUTOFFS = (20, 50)
 
 
 @torch.no_grad()
-def metric_sums(
+def user_metrics(
     model: SequentialRecommender,
     dataset: SequenceDataset,
     split: str,
@@ -32,24 +38,30 @@ def metric_sums(
     filter_history: bool = False,
     users: np.ndarray | None = None,
     progress: bool = False,
-) -> tuple[dict[str, float], int]:
-    """Summed metrics and the user count; sums (not means) so that shards add up exactly."""
+    group: ProcessGroup | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-user metrics (float64 arrays keyed like `recall@20`) of this rank's share of the users.
+
+    The users are cut into batches of `batch_size`; rank r of `group` takes batches r, r + world, ...
+    """
+    group = group or current_group()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     item_table = model.item_embeddings()
     users = dataset.eval_users(split) if users is None else users
-    totals: dict[str, float] = {}
-    batches = dataset.eval_batches(split, batch_size, max_len, users=users)
-    total_batches = -(-len(users) // batch_size)
-    for batch in tqdm(batches, total=total_batches, desc=f"eval {split}", disable=not progress, leave=False):
+    starts = range(group.rank * batch_size, len(users), group.world * batch_size)
+    mine = np.concatenate([users[start : start + batch_size] for start in starts] or [users[:0]])
+    values: dict[str, list[torch.Tensor]] = {}
+    batches = dataset.eval_batches(split, batch_size, max_len, users=mine)
+    for batch in tqdm(batches, total=len(starts), desc=f"eval {split}", disable=not progress, leave=False):
         batch = batch.to(device)
         exclude = batch.history if filter_history else None
         ranked, _, _ = topk_multi_interest(model.interests(batch), item_table, max(cutoffs), exclude=exclude)
-        for key, value in batch_metric_sums(ranked.cpu(), batch.targets.cpu(), cutoffs).items():
-            totals[key] = totals.get(key, 0.0) + value
+        for key, value in batch_metric_values(ranked.cpu(), batch.targets.cpu(), cutoffs).items():
+            values.setdefault(key, []).append(value)
     model.train(was_training)
-    return totals, len(users)
+    return {key: torch.cat(parts).numpy() for key, parts in values.items()}
 
 
 def evaluate_model(
@@ -62,8 +74,15 @@ def evaluate_model(
     filter_history: bool = False,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Mean metrics over the split's users, as fractions, keyed like `recall@20` and `ndcg_std@50`."""
-    totals, count = metric_sums(
-        model, dataset, split, max_len, batch_size, cutoffs, filter_history, progress=progress
-    )
-    return {key: value / max(count, 1) for key, value in sorted(totals.items())}
+    """Mean metrics over the split's users, as fractions, keyed like `recall@20` and `ndcg_std@50`.
+
+    Called on every rank under torchrun; every rank gets the same (whole-split) result.
+    """
+    group = current_group()
+    mine = user_metrics(model, dataset, split, max_len, batch_size, cutoffs, filter_history,
+                        progress=progress and group.is_main, group=group)
+    shards = group.gather(mine)
+    count = sum(len(next(iter(shard.values()), ())) for shard in shards)
+    keys = sorted({key for shard in shards for key in shard})
+    return {key: math.fsum(np.concatenate([shard[key] for shard in shards if key in shard])) / max(count, 1)
+            for key in keys}

@@ -183,15 +183,15 @@ def topk_multi_interest(
 
 
 @torch.no_grad()
-def batch_metric_sums(
+def batch_metric_values(
     ranked: torch.Tensor, targets: torch.Tensor, ns: Sequence[int] = (20, 50)
-) -> dict[str, float]:
-    """Sums over a batch of users of every metric of ``rank_metrics``, for each cut-off in ``ns``.
+) -> dict[str, torch.Tensor]:
+    """Every metric of ``rank_metrics`` for each user of a batch, for each cut-off in ``ns``.
 
     ``ranked`` is [B, n_max] (rows de-duplicated, 0 an empty slot); ``targets`` is [B, T], right-padded
-    with 0, duplicates kept. Returning sums rather than means lets a caller accumulate over batches and
-    shards exactly and divide by the user count once. Keys are ``f"{metric}@{n}"``; values are computed
-    in float64 and equal (to rounding) the sum of ``rank_metrics`` over the rows.
+    with 0, duplicates kept. Keys are ``f"{metric}@{n}"``; values are float64 tensors [B] equal (to
+    rounding) ``rank_metrics`` of each row. Per-user values rather than sums let sharded evaluation
+    gather every rank's users and sum them once, exactly, as a single process does.
     """
     if ranked.dim() != 2 or targets.dim() != 2 or ranked.shape[0] != targets.shape[0]:
         raise ValueError(
@@ -231,4 +231,4 @@ def batch_metric_sums(
             "ndcg": torch.where(h > 0, dcg / ideal[h.long()].clamp(min=1.0), 0.0),
             "ndcg_std": dcg / ideal[n_distinct.clamp(max=n)],
         }
-    return {f"{metric}@{n}": float(per_cutoff[n][metric].sum()) for metric in METRICS for n in ns}
+    return {f"{metric}@{n}": per_cutoff[n][metric] for metric in METRICS for n in ns}

@@ -58,3 +58,15 @@ def test_early_stopping_stops(synthetic_dir, tmp_path):
     train(config, tmp_path / "run", progress=False)
     state = torch.load(tmp_path / "run/last.pt", weights_only=True)["state"]
     assert state["finished"] and state["step"] == 30  # lr ~0: no improvement after the first validation
+
+
+def test_bf16_autocast_trains(synthetic_dir, tmp_path):
+    config = config_for_run("hpcl4sr", [{"data": {"path": str(synthetic_dir)}, "train": {
+        "max_iters": 20, "eval_every": 20, "log_every": 10, "batch_size": 32, "device": "cpu",
+        "precision": "bf16"}}])
+    metrics = train(config, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["total"])) for r in records if r["split"] == "train")
+    assert 0.0 < metrics["recall@50"] <= 1.0
+    weights = torch.load(tmp_path / "run/last.pt", weights_only=True)["model"]
+    assert all(value.dtype != torch.bfloat16 for value in weights.values())  # autocast keeps fp32 weights

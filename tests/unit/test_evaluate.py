@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcl4sr.evaluate_core import batch_metric_sums, rank_metrics, topk_multi_interest
+from hpcl4sr.evaluate_core import batch_metric_values, rank_metrics, topk_multi_interest
 
 INV_LOG2_3 = 1.0 / math.log2(3)  # discount of rank 2
 METRICS = ("recall", "hr", "ndcg", "ndcg_std")
@@ -152,7 +152,11 @@ def test_target_order_is_irrelevant(ranked: list[int], targets: list[int], n: in
     assert rank_metrics(ranked, shuffled, n) == rank_metrics(ranked, targets, n)
 
 
-# ---------------------------------------------------------------- batch_metric_sums
+# ---------------------------------------------------------------- batch_metric_values
+
+
+def summed(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {key: float(value.sum()) for key, value in values.items()}
 
 
 @st.composite
@@ -178,7 +182,7 @@ def test_batch_sums_equal_summed_rank_metrics(
     case: tuple[torch.Tensor, torch.Tensor, tuple[int, ...]],
 ) -> None:
     ranked, targets, ns = case
-    got = batch_metric_sums(ranked, targets, ns)
+    got = summed(batch_metric_values(ranked, targets, ns))
     assert list(got) == [f"{metric}@{n}" for metric in METRICS for n in ns]
     for n in ns:
         per_user = [
@@ -194,7 +198,7 @@ def test_batch_sums_equal_summed_rank_metrics(
 def test_batch_sums_default_cutoffs() -> None:
     ranked = torch.arange(1, 51).unsqueeze(0)  # items 1..50
     targets = torch.tensor([[30, 30, 0, 0]])  # hit at rank 30 only: outside @20, inside @50; |T| = 2
-    got = batch_metric_sums(ranked, targets)
+    got = summed(batch_metric_values(ranked, targets))
     assert got["recall@20"] == 0.0
     assert got["recall@50"] == pytest.approx(0.5)
     assert got["ndcg@50"] == pytest.approx(1 / math.log2(31))
@@ -203,9 +207,9 @@ def test_batch_sums_default_cutoffs() -> None:
 
 def test_batch_sums_reject_empty_target_row_and_repeats() -> None:
     with pytest.raises(ValueError, match="all padding"):
-        batch_metric_sums(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 0], [0, 0]]), ns=(2,))
+        batch_metric_values(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 0], [0, 0]]), ns=(2,))
     with pytest.raises(ValueError, match="repeats"):
-        batch_metric_sums(torch.tensor([[1, 2, 1]]), torch.tensor([[1]]), ns=(3,))
+        batch_metric_values(torch.tensor([[1, 2, 1]]), torch.tensor([[1]]), ns=(3,))
 
 
 # ---------------------------------------------------------------- topk_multi_interest

@@ -159,8 +159,8 @@ class TrainSampler:
     draws exactly the batches the uninterrupted run would have drawn.
     """
 
-    def __init__(self, dataset: SequenceDataset, batch_size: int, max_len: int, min_history: int, seed: int
-                 ) -> None:
+    def __init__(self, dataset: SequenceDataset, batch_size: int, max_len: int, min_history: int, seed: int,
+                 stream: int = 0) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.max_len = max_len
@@ -171,7 +171,8 @@ class TrainSampler:
             raise UserError(
                 f"{dataset.path}: no training user has more than data.min_history={min_history} interactions"
             )
-        self.rng = np.random.default_rng(seed)
+        # Stream 0 is the single-process sequence; rank r of a distributed run draws from stream r.
+        self.rng = np.random.default_rng(seed if stream == 0 else [seed, stream])
 
     def sample(self) -> Batch:
         users = self.users[self.rng.integers(0, len(self.users), self.batch_size)]

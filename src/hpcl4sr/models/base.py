@@ -95,6 +95,10 @@ class SequentialRecommender(nn.Module):
             reweight=reweight,
         )
 
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The training losses: `loss` behind `forward`, which DistributedDataParallel and torch.compile wrap."""
+        return self.loss(batch)
+
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """ComiRec's training objective: the interest closest to the target, then softmax loss."""
         interests = self.interests(batch)
