@@ -1,4 +1,5 @@
-"""Analyses of trained runs: the paper's Figure 1 (how similar a user's K interests are to each other)."""
+"""Analyses of trained runs: the paper's Figure 1 (how similar a user's K interests are to each other)
+and its Table 4 case study (one user's history, targets and each model's recommendations)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from hpcl4sr.atomic import atomic_output
 from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender
 
 
@@ -67,4 +69,48 @@ def summarize_runs(test_metrics: dict[str, list[dict[str, float]]]) -> str:
             cells.append(f"{values.mean():.2f}{spread}")
         steps = ", ".join(str(run.get("best_step", "?")) for run in runs)
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + f" | {steps} |")
+    return "\n".join(lines)
+
+
+def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
+    """The paper's Table 4 for one user: history, held-out targets and each run's top list, as markdown.
+
+    The user must be a valid or test user: their history is the first 80% of the sequence and the
+    targets the rest, as in evaluation. Hits are marked ✓; every item shows its category.
+    """
+    from hpcl4sr.evaluate_core import topk_multi_interest
+    from hpcl4sr.train import load_run
+
+    loaded = [load_run(run) for run in runs]
+    dataset, max_len = loaded[0][1], loaded[0][3]
+    for run, (_, other, _, _) in zip(runs, loaded):
+        if other.path.resolve() != dataset.path.resolve():
+            raise UserError(f"{run}: trained on {other.path}, not {dataset.path}; compare runs of one dataset")
+    user = dataset.user_index(raw_user)
+    split = dataset.split_of(user)
+    if split == "train" or user not in dataset.eval_users(split):
+        raise UserError(f"user {raw_user!r} is a {split} user without held-out items; pick a valid or test user")
+    batch = next(dataset.eval_batches(split, 1, max_len, users=np.array([user])))
+    items, categories = dataset.raw_ids("item"), dataset.raw_ids("category")
+
+    def named(item: int) -> str:
+        return f"{items[item]} [{categories[dataset.item_category[item]]}]"
+
+    history = batch.history[0][batch.mask[0]].tolist()
+    targets = [item for item in batch.targets[0].tolist() if item]
+    lines = [f"User {raw_user} ({split} split)", "",
+             f"History (last {len(history)} items, oldest first): " + ", ".join(named(i) for i in history), "",
+             f"Targets ({len(targets)}): " + ", ".join(named(i) for i in targets), ""]
+    columns = []
+    for run, (config, _, model, _) in zip(runs, loaded):
+        with torch.no_grad():
+            interests = model.interests(batch.to(next(model.parameters()).device))
+            ranked = topk_multi_interest(interests, model.item_embeddings(), top)[0][0].tolist()
+        hits = sum(item in set(targets) for item in ranked)
+        columns.append((f"{config.model_name} ({Path(run).name}): {hits} hits",
+                        [("✓ " if item in set(targets) else "") + named(item) for item in ranked]))
+    lines.append("| rank | " + " | ".join(title for title, _ in columns) + " |")
+    lines.append("|---|" + "---|" * len(columns))
+    for rank in range(top):
+        lines.append(f"| {rank + 1} | " + " | ".join(cells[rank] for _, cells in columns) + " |")
     return "\n".join(lines)

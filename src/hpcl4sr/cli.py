@@ -21,6 +21,8 @@ data_app = typer.Typer(help="Obtain, generate and inspect datasets.", no_args_is
 app.add_typer(data_app, name="data")
 analyze_app = typer.Typer(help="Analyses of trained runs (the paper's figures).", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
+experiment_app = typer.Typer(help="Grids of runs and the paper's tables and figures.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 
 
 def _print_json(obj: Any) -> None:
@@ -145,6 +147,7 @@ def train(
 ) -> None:
     """Train a model; writes checkpoints, metrics.jsonl and test_metrics.json into the run directory."""
     from hpcl4sr.config import load_yaml, parse_assignments
+    from hpcl4sr.distributed import launched_rank
     from hpcl4sr.train import config_for_run, read_run_config
     from hpcl4sr.train import train as run_training
 
@@ -160,7 +163,8 @@ def train(
             raise UserError("train needs --model NAME and --out RUN (or --resume RUN)")
         run_config, run_dir = config_for_run(model_name, layers), out
     metrics = run_training(run_config, run_dir, resume=resume is not None, progress=progress)
-    typer.echo(format_metrics(metrics))
+    if launched_rank() == 0:  # under torchrun every rank has the same metrics; print them once
+        typer.echo(format_metrics(metrics))
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -279,6 +283,44 @@ def analyze_summary(
         labels.setdefault(key, f"{config['model_name']} ({path})")
         groups.setdefault(key, []).append(json.loads(metrics_file.read_text()))
     typer.echo(summarize_runs({labels[key]: runs for key, runs in groups.items()}))
+
+
+@experiment_app.command("run")
+def experiment_run(
+    file: Annotated[Path, typer.Argument(help="Experiment file (see experiments/*.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Experiment directory; default runs/experiments/NAME.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
+) -> None:
+    """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed."""
+    from hpcl4sr.experiment import load_experiment, run_experiment
+
+    experiment = load_experiment(file)
+    out = out or Path("runs/experiments") / file.stem
+    results = run_experiment(experiment, out, progress=progress)
+    typer.echo(f"{len(results)} cells finished; results in {out / 'results.jsonl'}; "
+               f"tables with `hpcl4sr experiment report {out}`")
+
+
+@experiment_app.command("report")
+def experiment_report(
+    out: Annotated[Path, typer.Argument(help="Experiment directory written by `experiment run`.")],
+) -> None:
+    """Write DIR/report.md: tables (mean ± std, best bold, significance) and figures."""
+    from hpcl4sr.report import write_report
+
+    typer.echo(f"wrote {write_report(out)}")
+
+
+@experiment_app.command("case")
+def experiment_case(
+    run: Annotated[list[Path], typer.Option(help="Run directory; repeat to compare models.")],
+    user: Annotated[str, typer.Option(help="Raw id of a valid or test user.")],
+    top: Annotated[int, typer.Option(help="Length of each recommendation list.")] = 20,
+) -> None:
+    """The paper's Table 4: a user's history, targets and each model's top list, hits marked."""
+    from hpcl4sr.analysis import case_study
+
+    typer.echo(case_study(run, user, top))
 
 
 def main() -> None:

@@ -55,6 +55,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank among those torchrun started (0 when the command was run directly)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def join(device: torch.device) -> tuple[ProcessGroup, torch.device, bool]:
     """Join torchrun's process group if there is one: (group, this rank's device, joined here).
 

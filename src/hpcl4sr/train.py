@@ -205,7 +205,7 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
     if group.world > 1:
         # No model has buffers that training changes, so there is nothing to broadcast each step.
         step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+            model, device_ids=[device] if device.type == "cuda" else None, forward_sync_buffers=False)
     if settings.compile:
         step_model = torch.compile(step_model)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.precision == "bf16"

@@ -1,0 +1,254 @@
+"""Experiment grids: (model or config) x dataset x seed x overrides, run cell by cell, resumable.
+
+An experiment file (see experiments/*.yaml) names:
+
+    datasets:  name -> {path: PREPARED_DIR} or {source: READER, raw: [FILE, ...], options: {...}}
+    models:    row name -> {model: NAME, config: FILE or [FILE, ...], set: {section.key: value}}
+    seeds:     [1, 2, 3]
+    set:       {section.key: value}           applied to every cell (e.g. the iteration budget)
+    sweep:     {section.key: [v1, v2, ...]}   optional: each key varied alone, the others at default
+    ours:      row name                       optional: the row compared with the best other one
+    paper:     dataset -> row -> metric -> % optional: the paper's figures, printed beside ours
+    similarity: {users: 128}                  optional: draw the paper's Figure 1 for these rows
+
+Paths are relative to the experiment file. `run_experiment` prepares each dataset once into
+OUT/data/NAME, then trains the cells one after another into OUT/runs/DATASET/ROW[/KEY=VALUE]/sS: a
+cell whose test_metrics.json exists is skipped, one with a last.pt is resumed (so a run killed halfway
+continues where it stopped), and each finished cell gets one line in OUT/results.jsonl plus its
+per-user test metrics (OUT/runs/.../test_users.npz, for the significance tests of the report).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hpcl4sr.atomic import atomic_output, write_text
+from hpcl4sr.config import load_yaml
+from hpcl4sr.errors import UserError
+
+EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
+ROW_KEYS = {"model", "config", "set"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    path: Path | None = None  # an already prepared directory
+    source: str = ""
+    raw: tuple[Path, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)  # PrepareOptions fields and reader options
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    dataset: str
+    row: str
+    model: str
+    layers: tuple[dict[str, Any], ...]  # config layers, first to last, without data path and seed
+    seed: int
+    variant: tuple[str, Any] | None = None  # the swept (section.key, value), if any
+
+    @property
+    def id(self) -> str:
+        variant = f"/{self.variant[0]}={self.variant[1]}" if self.variant else ""
+        return f"{self.dataset}/{self.row}{variant}/s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    datasets: dict[str, DatasetSpec]
+    rows: dict[str, tuple[str, tuple[dict[str, Any], ...]]]  # row -> (model name, config layers)
+    seeds: tuple[int, ...]
+    common: dict[str, Any]
+    sweep: dict[str, list[Any]]
+    ours: str | None
+    paper: dict[str, Any]
+    similarity: dict[str, Any] | None
+
+    def summary(self) -> dict[str, Any]:
+        """What `experiment report` needs of the file, saved beside the results as experiment.json."""
+        return {"file": str(self.path), "datasets": list(self.datasets), "rows": list(self.rows),
+                "seeds": list(self.seeds), "sweep": self.sweep, "ours": self.ours, "paper": self.paper,
+                "similarity": self.similarity}
+
+    def cells(self) -> list[Cell]:
+        """Every cell, dataset-major then row, variant and seed, the order they run in."""
+        variants: list[tuple[str, Any] | None] = [
+            (key, value) for key, values in self.sweep.items() for value in values] or [None]
+        cells = []
+        for dataset in self.datasets:
+            for row, (model, layers) in self.rows.items():
+                for variant in variants:
+                    sweep_layer = (nested({variant[0]: variant[1]}, self.path, "sweep"),) if variant else ()
+                    for seed in self.seeds:
+                        cells.append(Cell(dataset, row, model, (*layers, self.common, *sweep_layer), seed, variant))
+        return cells
+
+
+def nested(dotted: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """{"train.max_iters": 10} -> {"train": {"max_iters": 10}}; keys are checked later by the config."""
+    layer: dict[str, Any] = {}
+    for key, value in dotted.items():
+        section, dot, name = str(key).partition(".")
+        if not dot or not name:
+            raise UserError(f"{path}: {where}: key {key!r} should read SECTION.KEY, e.g. train.max_iters")
+        layer.setdefault(section, {})[name] = value
+    return layer
+
+
+def _mapping(value: Any, path: Path, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and check an experiment file; every error names the file and the offending entry."""
+    path = Path(path)
+    spec = load_yaml(path)
+    unknown = sorted(set(spec) - EXPERIMENT_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(EXPERIMENT_KEYS))})")
+    base = path.parent
+
+    datasets = {}
+    for name, entry in _mapping(spec.get("datasets"), path, "datasets").items():
+        entry = _mapping(entry, path, f"datasets.{name}")
+        if "path" in entry:
+            datasets[name] = DatasetSpec(name, path=(base / entry["path"]).resolve())
+        elif "source" in entry and "raw" in entry:
+            raw = entry["raw"] if isinstance(entry["raw"], list) else [entry["raw"]]
+            datasets[name] = DatasetSpec(name, source=entry["source"], raw=tuple((base / f).resolve() for f in raw),
+                                         options=_mapping(entry.get("options"), path, f"datasets.{name}.options"))
+        else:
+            raise UserError(f"{path}: datasets.{name}: expected `path: PREPARED_DIR` or `source:` and `raw:`")
+    if not datasets:
+        raise UserError(f"{path}: no datasets")
+
+    rows = {}
+    for name, entry in _mapping(spec.get("models"), path, "models").items():
+        entry = _mapping(entry, path, f"models.{name}")
+        unknown = sorted(set(entry) - ROW_KEYS)
+        if unknown or "model" not in entry:
+            raise UserError(f"{path}: models.{name}: expected keys model, config, set (got {sorted(entry)})")
+        configs = entry.get("config") or []
+        layers = [load_yaml(base / file) for file in (configs if isinstance(configs, list) else [configs])]
+        layers.append(nested(_mapping(entry.get("set"), path, f"models.{name}.set"), path, f"models.{name}.set"))
+        rows[name] = (str(entry["model"]), tuple(layers))
+    if not rows:
+        raise UserError(f"{path}: no models")
+
+    seeds = spec.get("seeds", [2024])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise UserError(f"{path}: seeds: expected a list of integers, got {seeds!r}")
+    sweep = _mapping(spec.get("sweep"), path, "sweep")
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: sweep.{key}: expected a non-empty list of values")
+    ours = spec.get("ours")
+    if ours is not None and ours not in rows:
+        raise UserError(f"{path}: ours: {ours!r} is not one of the models ({', '.join(rows)})")
+    similarity = spec.get("similarity")
+    return Experiment(
+        path=path, datasets=datasets, rows=rows, seeds=tuple(seeds),
+        common=nested(_mapping(spec.get("set"), path, "set"), path, "set"),
+        sweep=sweep, ours=ours, paper=_mapping(spec.get("paper"), path, "paper"),
+        similarity=None if similarity is None else _mapping(similarity, path, "similarity"),
+    )
+
+
+def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
+    """The prepared directory of `spec`: its own path, or OUT/data/NAME, prepared on first use."""
+    from hpcl4sr.data.prepare import PrepareOptions, prepare_from_files
+
+    if spec.path is not None:
+        if not (spec.path / "meta.json").is_file():
+            raise UserError(f"{spec.path}: not a prepared dataset (no meta.json); run `hpcl4sr prepare` first")
+        return spec.path
+    target = out / "data" / spec.name
+    if not (target / "meta.json").is_file():
+        missing = [str(file) for file in spec.raw if not file.exists()]
+        if missing:
+            raise UserError(f"dataset {spec.name}: raw file {missing[0]} not found")
+        prepare_fields = set(PrepareOptions.__dataclass_fields__) - {"source"}
+        options = {k: v for k, v in spec.options.items() if k in prepare_fields}
+        reader = {k: v for k, v in spec.options.items() if k not in prepare_fields}
+        prepare_from_files(spec.source, list(spec.raw), target, reader, **options)
+    return target
+
+
+def cell_config(cell: Cell, data: Path) -> Any:
+    from hpcl4sr.train import config_for_run
+
+    return config_for_run(cell.model, [*cell.layers, {"data": {"path": str(data)}, "train": {"seed": cell.seed}}])
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    file = out / "results.jsonl"
+    if not file.is_file():
+        return []
+    results = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{file} line {number}: not a JSON object ({err.msg})") from None
+    return results
+
+
+def _record_test_users(run: Path) -> None:
+    """Per-user test metrics of best.pt, for paired significance tests; written once per cell."""
+    from hpcl4sr.evaluate import user_metrics
+    from hpcl4sr.train import load_run
+
+    target = run / "test_users.npz"
+    if target.is_file():
+        return
+    config, dataset, model, max_len = load_run(run, "best.pt")
+    users = dataset.eval_users("test")
+    values = user_metrics(model, dataset, "test", max_len, config.train.eval_batch_size, users=users)
+    with atomic_output(target) as temporary, temporary.open("wb") as file:
+        np.savez(file, users=users, **values)
+
+
+def run_experiment(experiment: Experiment, out: Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every unfinished cell of `experiment` into `out`; returns all of results.jsonl."""
+    from hpcl4sr.train import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = experiment.cells()
+    write_text(out / "experiment.json", json.dumps(experiment.summary(), indent=2) + "\n")
+    recorded = {result["cell"] for result in read_results(out)}
+    data = {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+    bar = tqdm(cells, desc=f"experiment {experiment.path.stem}", unit="cell", disable=not progress,
+               dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(cell.id)
+        run = out / "runs" / cell.id
+        if not (run / "test_metrics.json").is_file():
+            resume = (run / "last.pt").is_file()
+            train(cell_config(cell, data[cell.dataset]), run, resume=resume, progress=False)
+        _record_test_users(run)
+        if cell.id in recorded:
+            continue
+        metrics = json.loads((run / "test_metrics.json").read_text())
+        result = {"cell": cell.id, "dataset": cell.dataset, "row": cell.row, "model": cell.model,
+                  "seed": cell.seed, "variant": list(cell.variant) if cell.variant else None,
+                  "run": str(run.relative_to(out)), "metrics": metrics}
+        with (out / "results.jsonl").open("a") as file:  # one line per write: a kill leaves whole lines
+            file.write(json.dumps(result) + "\n")
+        recorded.add(cell.id)
+    bar.close()
+    return read_results(out)

@@ -1,0 +1,226 @@
+"""`hpcl4sr experiment report`: the paper's tables and figures from an experiment directory.
+
+Reads OUT/experiment.json and OUT/results.jsonl (written by `experiment run`) and writes OUT/report.md
+with, per dataset, a table in the layout of the paper's Tables 2 and 3 (mean ± std over seeds in
+percent, best bold, second underlined, and the relative improvement of `ours` over the best other row),
+the paper's own figures where the experiment file gives them, a paired significance test between
+`ours` and the best other row, the sweep figures (Figures 4 and 5: NDCG@50 against each swept value)
+and the interest-similarity histogram (Figure 1).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcl4sr.atomic import atomic_output, write_text
+from hpcl4sr.errors import UserError
+from hpcl4sr.experiment import read_results
+
+TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50")
+TESTED_METRICS = ("recall@50", "hr@50")
+BOOTSTRAP_SAMPLES = 10_000
+
+
+def paired_bootstrap(ours: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+                     ) -> tuple[float, float]:
+    """(mean difference, two-sided p-value) of a paired bootstrap test over users.
+
+    The per-user differences are centred to make the null hypothesis (no difference) true, resampled
+    with replacement, and p is the share of resampled means at least as far from 0 as the observed one.
+    """
+    differences = np.asarray(ours, dtype=np.float64) - np.asarray(other, dtype=np.float64)
+    observed = differences.mean()
+    centred = differences - observed
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, samples, 1000):  # chunks keep the index matrix small for big test sets
+        count = min(1000, samples - start)
+        means = centred[rng.integers(0, len(centred), (count, len(centred)))].mean(axis=1)
+        extreme += int((np.abs(means) >= abs(observed)).sum())
+    return float(observed), (extreme + 1) / (samples + 1)
+
+
+def _grouped(results: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], list[dict[str, Any]]]:
+    """Results keyed by (dataset, row, variant label or None), seeds in a list."""
+    groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
+    for result in results:
+        variant = f"{result['variant'][0]}={result['variant'][1]}" if result.get("variant") else None
+        groups.setdefault((result["dataset"], result["row"], variant), []).append(result)
+    return groups
+
+
+def _mean_std(runs: list[dict[str, Any]], metric: str) -> tuple[float, float]:
+    values = 100 * np.array([run["metrics"][metric] for run in runs])
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def metrics_table(rows: dict[str, list[dict[str, Any]]], ours: str | None) -> str:
+    """Markdown: one row per model, mean ± std per metric, best bold, second underlined, improvement."""
+    means = {row: {m: _mean_std(runs, m) for m in TABLE_METRICS} for row, runs in rows.items()}
+    lines = ["| model | seeds | " + " | ".join(TABLE_METRICS) + " |", "|---|---|" + "---|" * len(TABLE_METRICS)]
+    rank: dict[str, list[str]] = {m: sorted(means, key=lambda r: -means[r][m][0]) for m in TABLE_METRICS}
+    for row, runs in rows.items():
+        cells = []
+        for metric in TABLE_METRICS:
+            mean, std = means[row][metric]
+            text = f"{mean:.2f} ± {std:.2f}" if len(runs) > 1 else f"{mean:.2f}"
+            if row == rank[metric][0]:
+                text = f"**{text}**"
+            elif len(rank[metric]) > 1 and row == rank[metric][1]:
+                text = f"<u>{text}</u>"
+            cells.append(text)
+        lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + " |")
+    if ours in means and len(means) > 1:
+        cells = []
+        for metric in TABLE_METRICS:
+            best_other = max(means[r][metric][0] for r in means if r != ours)
+            cells.append(f"{100 * (means[ours][metric][0] - best_other) / best_other:+.2f}%" if best_other else "n/a")
+        lines.append(f"| Improv. ({ours} vs best other) | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_table(paper: dict[str, dict[str, float]]) -> str:
+    lines = ["| model (paper) | " + " | ".join(TABLE_METRICS) + " |", "|---|" + "---|" * len(TABLE_METRICS)]
+    for row, values in paper.items():
+        lines.append(f"| {row} | " + " | ".join(f"{values[m]:.2f}" if m in values else "—" for m in TABLE_METRICS)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _user_metrics(out: Path, runs: list[dict[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(test users, per-user `metric` averaged over the seeds' runs)."""
+    users, values = None, []
+    for run in runs:
+        file = out / run["run"] / "test_users.npz"
+        if not file.is_file():
+            raise UserError(f"{file}: missing; rerun `hpcl4sr experiment run` to record per-user metrics")
+        with np.load(file) as saved:
+            if users is not None and not np.array_equal(users, saved["users"]):
+                raise UserError(f"{file}: its test users differ from the other seeds'")
+            users = saved["users"]
+            values.append(saved[metric])
+    return users, np.mean(values, axis=0)
+
+
+def significance(out: Path, rows: dict[str, list[dict[str, Any]]], ours: str) -> str:
+    """The paired test of `ours` against the best other row (by mean recall@50), as markdown lines."""
+    others = [row for row in rows if row != ours]
+    best = max(others, key=lambda row: _mean_std(rows[row], "recall@50")[0])
+    lines = [f"Paired bootstrap over test users ({BOOTSTRAP_SAMPLES:,} resamples; per-user metrics averaged "
+             f"over seeds), {ours} against the best other row, {best}:", ""]
+    for metric in TESTED_METRICS:
+        users_a, a = _user_metrics(out, rows[ours], metric)
+        users_b, b = _user_metrics(out, rows[best], metric)
+        if not np.array_equal(users_a, users_b):
+            raise UserError(f"{ours} and {best} were tested on different users; compare runs of one dataset")
+        difference, p = paired_bootstrap(a, b)
+        lines.append(f"- {metric}: {ours} − {best} = {100 * difference:+.2f} points over {len(a):,} users, "
+                     f"p = {p:.4f}")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweeps(groups: dict[tuple[str, str, str | None], list[dict[str, Any]]], sweep: dict[str, list[Any]],
+                datasets: list[str], row: str, out: Path) -> None:
+    """Figures 4 and 5: NDCG@50 (mean over seeds) against each swept value, one panel per key."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(sweep), figsize=(3.6 * len(sweep), 3.2), squeeze=False)
+    for axis, (key, values) in zip(axes[0], sweep.items()):
+        for dataset in datasets:
+            points = [(i, _mean_std(groups[(dataset, row, f"{key}={value}")], "ndcg@50")[0])
+                      for i, value in enumerate(values) if (dataset, row, f"{key}={value}") in groups]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=dataset)
+        axis.set_xticks(range(len(values)), [str(value) for value in values], rotation=45)
+        axis.set_xlabel(key)
+        axis.set_ylabel("NDCG@50 (%)")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_output(out) as temporary:
+        figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+
+
+def write_report(out: Path) -> Path:
+    """Write OUT/report.md and its figures under OUT/figures/; returns the report's path."""
+    out = Path(out)
+    summary_file = out / "experiment.json"
+    if not summary_file.is_file():
+        raise UserError(f"{out}: not an experiment directory (no experiment.json); run `hpcl4sr experiment run`")
+    spec = json.loads(summary_file.read_text())
+    results = read_results(out)
+    if not results:
+        raise UserError(f"{out}/results.jsonl: no finished cell yet")
+    groups = _grouped(results)
+    ours = spec.get("ours")
+    sections = [f"# Report: {Path(spec['file']).name}", "",
+                f"{len(results)} finished cells from `{out / 'results.jsonl'}`; metrics in percent, mean ± std "
+                "over seeds; **best**, <u>second</u>.", ""]
+    for dataset in spec["datasets"]:
+        rows = {row: groups[(dataset, row, None)] for row in spec["rows"] if (dataset, row, None) in groups}
+        if not rows:
+            continue
+        budget = sorted({run["metrics"].get("best_step", 0) for runs in rows.values() for run in runs})
+        sections += [f"## {dataset}", "", metrics_table(rows, ours), "",
+                     f"Best validation steps (the checkpoints tested): {budget[0]:,} to {budget[-1]:,}.", ""]
+        if spec.get("paper", {}).get(dataset):
+            sections += ["The paper's figures:", "", paper_table(spec["paper"][dataset]), ""]
+        if ours in rows and len(rows) > 1:
+            sections += [significance(out, rows, ours), ""]
+    if spec.get("sweep"):
+        for row in spec["rows"]:
+            figure = out / "figures" / f"sweep_{row}.png"
+            plot_sweeps(groups, spec["sweep"], spec["datasets"], row, figure)
+            sections += [f"## Sweeps of {row}", "", f"![NDCG@50 against each swept value](figures/{figure.name})", ""]
+            for key, values in spec["sweep"].items():
+                header = "| dataset | " + " | ".join(f"{key}={value}" for value in values) + " |"
+                lines = [header, "|---|" + "---|" * len(values)]
+                for dataset in spec["datasets"]:
+                    cells = [f"{_mean_std(groups[(dataset, row, f'{key}={v}')], 'ndcg@50')[0]:.2f}"
+                             if (dataset, row, f"{key}={v}") in groups else "—" for v in values]
+                    lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+                sections += [f"NDCG@50 (%), {key}:", "", *lines, ""]
+    if spec.get("similarity") is not None:
+        sections += similarity_section(out, spec, groups)
+    report = out / "report.md"
+    write_text(report, "\n".join(sections))
+    return report
+
+
+def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, str, str | None], list[dict]]
+                       ) -> list[str]:
+    """Figure 1 per dataset: the first seed's run of every row; mean similarity per row."""
+    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
+    from hpcl4sr.train import load_run
+
+    users = int(spec["similarity"].get("users", 128))
+    lines: list[str] = []
+    for dataset in spec["datasets"]:
+        series = {}
+        for row in spec["rows"]:
+            if (dataset, row, None) not in groups:
+                continue
+            config, data, model, max_len = load_run(out / groups[(dataset, row, None)][0]["run"])
+            series[row] = interest_similarities(model, data, max_len, users)
+        if not series:
+            continue
+        figure = out / "figures" / f"similarity_{dataset}.png"
+        plot_similarity_histogram(series, figure)
+        lines += [f"## Interest similarity on {dataset} (Figure 1)", "",
+                  f"![similarity histogram](figures/{figure.name})", "",
+                  "| model | mean cosine between a user's interests |", "|---|---|"]
+        lines += [f"| {row} | {values.mean():.3f} |" for row, values in series.items()]
+        lines.append("")
+    return lines

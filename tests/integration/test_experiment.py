@@ -1,0 +1,126 @@
+"""Experiment grids: running, skipping, resuming after a kill, the report and the case study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hpcl4sr.analysis import case_study
+from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.errors import UserError
+from hpcl4sr.experiment import load_experiment, read_results, run_experiment
+from hpcl4sr.report import paired_bootstrap, write_report
+
+TINY = {"train.max_iters": 30, "train.eval_every": 15, "train.log_every": 15, "train.batch_size": 32,
+        "train.device": "cpu"}
+
+
+def experiment_file(tmp_path: Path, data: Path, **spec) -> Path:
+    content = {"datasets": {"synthetic": {"path": str(data)}}, "seeds": [1, 2], "set": TINY, **spec}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"},
+                                                            "gru": {"model": "gru4rec"}}, ours="sa",
+                           paper={"synthetic": {"sa": {"recall@20": 1.0}}})
+    out = tmp_path / "out"
+    results = run_experiment(load_experiment(file), out, progress=False)
+    assert [r["cell"] for r in results] == ["synthetic/sa/s1", "synthetic/sa/s2", "synthetic/gru/s1",
+                                            "synthetic/gru/s2"]
+    stamps = {r["cell"]: (out / r["run"] / "test_metrics.json").stat().st_mtime_ns for r in results}
+    again = run_experiment(load_experiment(file), out, progress=False)
+    assert again == results  # nothing appended twice
+    assert stamps == {r["cell"]: (out / r["run"] / "test_metrics.json").stat().st_mtime_ns for r in again}
+
+    report = write_report(out).read_text()
+    assert "## synthetic" in report and "Improv. (sa vs best other)" in report
+    assert report.count("**") >= 2 * 6  # one best per metric column
+    assert "recall@50: sa − gru" in report and "p = " in report
+    assert "The paper's figures" in report
+    saved = np.load(out / results[0]["run"] / "test_users.npz")
+    assert saved["recall@50"].mean() == pytest.approx(results[0]["metrics"]["recall@50"], rel=1e-12)
+
+
+def test_sweep_varies_one_key_at_a_time_and_draws_it(synthetic_dir, tmp_path):
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, seeds=[1],
+                           sweep={"model.negatives": [2, 5]})
+    out = tmp_path / "out"
+    results = run_experiment(load_experiment(file), out, progress=False)
+    assert [r["cell"] for r in results] == ["synthetic/sa/model.negatives=2/s1", "synthetic/sa/model.negatives=5/s1"]
+    config = yaml.safe_load((out / results[1]["run"] / "config.yaml").read_text())
+    assert config["model"]["negatives"] == 5 and config["train"]["max_iters"] == 30
+    report = write_report(out).read_text()
+    assert "figures/sweep_sa.png" in report and (out / "figures/sweep_sa.png").stat().st_size > 1000
+
+
+def test_killed_experiment_resumes_without_redoing_finished_cells(synthetic_dir, tmp_path):
+    long_cells = {**TINY, "train.max_iters": 400, "train.eval_every": 20}
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, set=long_cells)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hpcl4sr", "experiment", "run", str(file), "--out", str(out), "--no-progress"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    second = out / "runs/synthetic/sa/s2"
+    deadline = time.monotonic() + 240
+    while not ((second / "last.pt").is_file() and len(read_results(out)) == 1):
+        assert child.poll() is None and time.monotonic() < deadline, "the first cell never finished"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    first_done = (out / "runs/synthetic/sa/s1/test_metrics.json").stat().st_mtime_ns
+    assert not (second / "test_metrics.json").exists()  # killed halfway through the second cell
+
+    results = run_experiment(load_experiment(file), out, progress=False)
+    assert [r["cell"] for r in results] == ["synthetic/sa/s1", "synthetic/sa/s2"]
+    assert (out / "runs/synthetic/sa/s1/test_metrics.json").stat().st_mtime_ns == first_done
+    steps = [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "valid"]
+    assert steps == list(range(20, 401, 20))  # continued, not restarted or repeated
+
+
+def test_paired_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(500)
+    difference, p = paired_bootstrap(base, base)
+    assert difference == 0.0 and p == 1.0
+    difference, p = paired_bootstrap(base + 0.05 + 0.01 * rng.standard_normal(500), base)
+    assert difference == pytest.approx(0.05, abs=0.005) and p < 0.001
+    _, p_noise = paired_bootstrap(base + 0.1 * rng.standard_normal(500), base)
+    assert p_noise > 0.01
+
+
+def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
+    with pytest.raises(UserError, match="unknown key 'model'"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, model={}))
+    with pytest.raises(UserError, match="SECTION.KEY"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
+                                        set={"max_iters": 3}))
+    with pytest.raises(UserError, match="ours: 'b'"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}, ours="b"))
+
+
+def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_path):
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"},
+                                                            "gru": {"model": "gru4rec"}}, seeds=[1])
+    out = tmp_path / "out"
+    results = run_experiment(load_experiment(file), out, progress=False)
+    dataset = SequenceDataset(synthetic_dir)
+    user = dataset.raw_ids("user")[int(dataset.eval_users("test")[0])]
+    table = case_study([out / r["run"] for r in results], user, top=10)
+    assert f"User {user} (test split)" in table and "Targets (" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 10 and all(line.count("|") == 4 for line in rows)
+    with pytest.raises(UserError, match="train user"):
+        case_study([out / results[0]["run"]], dataset.raw_ids("user")[int(dataset.split_users["train"][0])])
