@@ -289,14 +289,20 @@ def analyze_summary(
 def experiment_run(
     file: Annotated[Path, typer.Argument(help="Experiment file (see experiments/*.yaml).")],
     out: Annotated[Path | None, typer.Option(help="Experiment directory; default runs/experiments/NAME.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="SECTION.KEY=VALUE for every cell (speed settings "
+                                                          "such as train.threads=1); repeatable.")] = [],
     progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
 ) -> None:
-    """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed."""
+    """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed.
+
+    Start several runners on the same FILE and --out to train several cells at once.
+    """
+    from hpcl4sr.config import parse_assignments
     from hpcl4sr.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(file)
     out = out or Path("runs/experiments") / file.stem
-    results = run_experiment(experiment, out, progress=progress)
+    results = run_experiment(experiment, out, progress=progress, extra=parse_assignments(set_))
     typer.echo(f"{len(results)} cells finished; results in {out / 'results.jsonl'}; "
                f"tables with `hpcl4sr experiment report {out}`")
 

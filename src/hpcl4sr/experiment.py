@@ -16,11 +16,17 @@ OUT/data/NAME, then trains the cells one after another into OUT/runs/DATASET/ROW
 cell whose test_metrics.json exists is skipped, one with a last.pt is resumed (so a run killed halfway
 continues where it stopped), and each finished cell gets one line in OUT/results.jsonl plus its
 per-user test metrics (OUT/runs/.../test_users.npz, for the significance tests of the report).
+
+Several runners may work on one directory at once (e.g. one per core or per GPU): each cell is held by
+an advisory lock that dies with its process, so a runner skips the cells another one is training.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from tqdm import tqdm
 from hpcl4sr.atomic import atomic_output, write_text
 from hpcl4sr.config import load_yaml
 from hpcl4sr.errors import UserError
+from hpcl4sr.train import config_for_run
 
 EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
 ROW_KEYS = {"model", "config", "set"}
@@ -189,8 +196,6 @@ def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
 
 
 def cell_config(cell: Cell, data: Path) -> Any:
-    from hpcl4sr.train import config_for_run
-
     return config_for_run(cell.model, [*cell.layers, {"data": {"path": str(data)}, "train": {"seed": cell.seed}}])
 
 
@@ -222,33 +227,67 @@ def _record_test_users(run: Path) -> None:
         np.savez(file, users=users, **values)
 
 
-def run_experiment(experiment: Experiment, out: Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every unfinished cell of `experiment` into `out`; returns all of results.jsonl."""
+@contextmanager
+def _exclusive(lock: Path, wait: bool) -> Iterator[bool]:
+    """Hold an advisory lock on file `lock` (released when the process dies); yields whether it is held."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _record_result(out: Path, cell: Cell, run: Path) -> None:
+    """Append the cell's line to results.jsonl unless a runner already did."""
+    with _exclusive(out / ".results.lock", wait=True):
+        if any(result["cell"] == cell.id for result in read_results(out)):
+            return
+        result = {"cell": cell.id, "dataset": cell.dataset, "row": cell.row, "model": cell.model,
+                  "seed": cell.seed, "variant": list(cell.variant) if cell.variant else None,
+                  "run": str(run.relative_to(out)), "metrics": json.loads((run / "test_metrics.json").read_text())}
+        with (out / "results.jsonl").open("a") as file:  # one line per write: a kill leaves whole lines
+            file.write(json.dumps(result) + "\n")
+
+
+def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
+                   extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished cell of `experiment` into `out`; returns all of results.jsonl.
+
+    `extra` is one more config layer for every cell (the CLI's --set), meant for settings that change
+    speed, not results, such as train.threads or train.device.
+    """
     from hpcl4sr.train import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = experiment.cells()
     write_text(out / "experiment.json", json.dumps(experiment.summary(), indent=2) + "\n")
-    recorded = {result["cell"] for result in read_results(out)}
-    data = {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+    with _exclusive(out / ".data.lock", wait=True):  # one runner prepares, the others wait for it
+        data = {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+    elsewhere = []
     bar = tqdm(cells, desc=f"experiment {experiment.path.stem}", unit="cell", disable=not progress,
                dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(cell.id)
         run = out / "runs" / cell.id
-        if not (run / "test_metrics.json").is_file():
-            resume = (run / "last.pt").is_file()
-            train(cell_config(cell, data[cell.dataset]), run, resume=resume, progress=False)
-        _record_test_users(run)
-        if cell.id in recorded:
-            continue
-        metrics = json.loads((run / "test_metrics.json").read_text())
-        result = {"cell": cell.id, "dataset": cell.dataset, "row": cell.row, "model": cell.model,
-                  "seed": cell.seed, "variant": list(cell.variant) if cell.variant else None,
-                  "run": str(run.relative_to(out)), "metrics": metrics}
-        with (out / "results.jsonl").open("a") as file:  # one line per write: a kill leaves whole lines
-            file.write(json.dumps(result) + "\n")
-        recorded.add(cell.id)
+        with _exclusive(out / "runs" / f"{cell.id}.lock", wait=False) as held:
+            if not held:
+                elsewhere.append(cell.id)
+                continue
+            if not (run / "test_metrics.json").is_file():
+                config = cell_config(cell, data[cell.dataset])
+                if extra:
+                    config = config_for_run(cell.model, [config.to_dict(), extra])
+                train(config, run, resume=(run / "last.pt").is_file(), progress=False)
+            _record_test_users(run)
+            _record_result(out, cell, run)
     bar.close()
+    if elsewhere:
+        tqdm.write(f"{len(elsewhere)} cell(s) were being trained by another runner: {', '.join(elsewhere)}")
     return read_results(out)

@@ -124,3 +124,31 @@ def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_p
     assert len(rows) == 10 and all(line.count("|") == 4 for line in rows)
     with pytest.raises(UserError, match="train user"):
         case_study([out / results[0]["run"]], dataset.raw_ids("user")[int(dataset.split_users["train"][0])])
+
+
+def test_runners_share_a_grid_cell_by_cell(synthetic_dir, tmp_path):
+    from hpcl4sr.experiment import _exclusive
+
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}})
+    out = tmp_path / "out"
+    with _exclusive(out / "runs/synthetic/sa/s1.lock", wait=False) as held:  # as if another runner trained s1
+        assert held
+        results = run_experiment(load_experiment(file), out, progress=False, extra={"train": {"threads": 1}})
+    assert [r["cell"] for r in results] == ["synthetic/sa/s2"]
+    assert not (out / "runs/synthetic/sa/s1").exists()
+    assert yaml.safe_load((out / "runs/synthetic/sa/s2/config.yaml").read_text())["train"]["threads"] == 1
+    results = run_experiment(load_experiment(file), out, progress=False)
+    assert sorted(r["cell"] for r in results) == ["synthetic/sa/s1", "synthetic/sa/s2"]
+
+
+@pytest.mark.parametrize("name", ["table2", "table3", "sweeps", "similarity"])
+def test_shipped_experiment_files_are_valid(name, tmp_path):
+    from hpcl4sr.experiment import cell_config
+
+    experiment = load_experiment(Path(__file__).parents[2] / "experiments" / f"{name}.yaml")
+    cells = experiment.cells()
+    assert len({cell.id for cell in cells}) == len(cells)
+    for cell in cells:  # every layer names real keys with well-typed values
+        assert cell_config(cell, tmp_path).train.max_iters == 12_000
+    for spec in experiment.datasets.values():
+        assert spec.raw and all(path.name for path in spec.raw)
