@@ -53,6 +53,9 @@ class HPCL4SRConfig(ModelConfig):
     hops: int = 4  # powers of A2 in eq. 2
     gcn_layers: int = 2  # L of eq. 3-4
     routing_iterations: int = 3
+    # capsule: P_u by dynamic routing (eq. 10, the paper) | attention: ComiRec-SA's K-head attention over Z,
+    # aggregating the item embeddings (a departure, docs/design-notes.md)
+    low_extractor: str = "capsule"
     high_level: bool = True  # the category-graph path; false for the `base` variants
     high_pool: str = "attention"  # attention: W of eq. 6 is a masked K-head attention | linear: a K x N matrix
     fusion: str = "mlp"  # mlp (eq. 13) | add | mul
@@ -63,6 +66,7 @@ class HPCL4SRConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         choices = {"high_pool": ("attention", "linear"), "fusion": ("mlp", "add", "mul"),
+                   "low_extractor": ("capsule", "attention"),
                    "class_mode": ("supervised", "reversed"), "serve": ("fused", "low")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -98,7 +102,10 @@ class HPCL4SR(SequentialRecommender):
         # Low-level path (eq. 7-10).
         self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
         self.context = nn.Linear(dim, dim)
-        self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations)
+        if config.low_extractor == "capsule":
+            self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations)
+        else:
+            self.low_attention = MultiInterestSelfAttention(dim, config.interests)
         if config.lambda_class > 0:
             self.classifier = nn.Linear(dim, n_categories + 1)
         # High-level path (eq. 1-6) and fusion (eq. 13).
@@ -136,12 +143,20 @@ class HPCL4SR(SequentialRecommender):
 
     # --- low-level preference interests P_u (eq. 7-10) ---------------------------------------------
     def low_level(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (P_u [B, K, d], the routing inputs Z [B, L, d], the coupling [B, K, L])."""
+        """Returns (P_u [B, K, d], the routing inputs Z [B, L, d], the coupling [B, K, L]).
+
+        With `low_extractor: attention` the coupling is the K-head attention over Z, which weighs the raw
+        item embeddings as ComiRec-SA does; REMI's regulariser (`routing_reg`) then acts on it as in REMI.
+        """
         mask = batch.mask
         features = self.item_embedding(batch.history) + self.position_embedding[: mask.shape[1]]  # eq. 7
         scores = (features @ features.transpose(1, 2)).masked_fill(~mask[:, None, :], NEG_INF)  # eq. 8
         features = self.context(features + torch.softmax(scores, dim=-1) @ features)  # eq. 9
-        interests, coupling = self.routing(features, mask)  # eq. 10
+        if self.config.low_extractor == "capsule":
+            interests, coupling = self.routing(features, mask)  # eq. 10
+        else:
+            coupling = self.low_attention(features, mask)
+            interests = coupling @ (self.item_embedding(batch.history) * mask[..., None])
         return interests, features, coupling
 
     def fuse(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
