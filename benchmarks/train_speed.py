@@ -4,8 +4,8 @@ Prints one JSON object: {"it_per_s": {model: value}, "sampling_share": {model: v
 By default it prepares real Ta-Feng from ../shared/data; --synthetic-tmall measures on a synthetic log
 with Tmall-Buy's catalogue (311,746 items) instead, and --data DIR on any prepared directory.
 
-    python benchmarks/train_speed.py [--data DIR | --synthetic-tmall [--users 50000]] [--steps 300]
-        [--batch-size 128] [--models a,b] [--device cpu|cuda]
+    python benchmarks/train_speed.py [--data DIR | --synthetic-tmall [--users 100000]] [--steps 300]
+        [--batch-size 128] [--max-len L] [--models a,b] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from hpcl4sr.models import MODELS
 from hpcl4sr.train import build_model, config_for_run, make_optimizer, resolve_device
 
 
-def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int, device: torch.device
-            ) -> tuple[float, float]:
+def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int, device: torch.device,
+            max_len: int) -> tuple[float, float]:
     """(iterations per second, fraction of the step spent drawing the batch) after a warm-up."""
     config = config_for_run(name, [{"train": {"batch_size": batch_size}}])
-    max_len = int(dataset.meta["max_len"])
     torch.manual_seed(0)
     model = build_model(config, dataset, max_len).to(device)
     optimizer = make_optimizer(model, config.train)
@@ -61,10 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="prepared dataset directory (default: Ta-Feng from ../shared)")
     parser.add_argument("--synthetic-tmall", action="store_true", help="a synthetic log with Tmall's catalogue")
-    parser.add_argument("--users", type=int, default=50_000, help="users of the --synthetic-tmall log")
+    parser.add_argument("--users", type=int, default=100_000, help="users of the --synthetic-tmall log")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-len", type=int, default=0, help="history length (default: the dataset's)")
     parser.add_argument("--models", default=",".join(sorted(MODELS)))
     args = parser.parse_args()
 
@@ -75,14 +75,16 @@ def main() -> None:
             data = dataset_dir(args.data, Path(scratch), parser)
         dataset = SequenceDataset(data)
         device = resolve_device(args.device)
+        max_len = args.max_len or int(dataset.meta["max_len"])
         speeds, shares = {}, {}
         for name in args.models.split(","):
-            speeds[name], shares[name] = measure(name, dataset, args.steps, args.batch_size, device)
+            speeds[name], shares[name] = measure(name, dataset, args.steps, args.batch_size, device, max_len)
     print(json.dumps({
         "dataset": "synthetic-tmall" if args.synthetic_tmall else dataset.meta["source"],
         "items": dataset.n_items,
         "device": str(device),
         "batch_size": args.batch_size,
+        "max_len": max_len,
         "steps": args.steps,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
