@@ -70,15 +70,33 @@ def _score_desc_item_asc(scores: torch.Tensor, items: torch.Tensor) -> torch.Ten
 
 
 def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` (values, column indices) per row, ties at the cut going to the smaller column.
+    """Top-``k`` (values, column indices) per row, in ascending column order, ties at the cut going to the
+    smaller column. The values are a new tensor: callers may reuse the storage of ``scores``.
 
     ``torch.topk`` leaves the choice among values tied at the k-th place unspecified, which would make
     results depend on chunking and device. Asking for one more value detects such a tie cheaply (the
     (k+1)-th equals the k-th); only those rows (rare with real-valued scores, common with untrained or
     excluded items) are redone with a stable sort, the rest keep the fast path.
+
+    On CPU ``torch.topk`` costs several times the scoring matmul per element, so wide rows are first cut
+    into blocks of contiguous columns: the top k lie in the k blocks whose maxima rank first (by max, then
+    block order), since a block ranked below those has k better maxima, each an element beating all of the
+    block's own. Only the cheap block maxima and the k blocks' columns then go through ``torch.topk``.
     """
-    if k >= scores.shape[1]:
-        return scores, torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    rows, width = scores.shape
+    if k >= width:
+        return scores.clone(), torch.arange(width, device=scores.device).expand_as(scores)
+    block = 32  # the narrowest that torch's CPU max-reduction vectorizes in float32: narrower is slower, not faster
+    if width >= 16 * block * k:  # below that the extra calls cost more than the narrower topk saves
+        n_blocks = width // block
+        head = scores[:, : n_blocks * block].view(rows, n_blocks, block)
+        _, picked = _chunk_topk(head.amax(dim=2), k)
+        # The tail (fewer than ``block`` columns past the last whole block) always competes, as block n_blocks.
+        in_picked = head[torch.arange(rows, device=scores.device)[:, None], picked].flatten(1)
+        candidates = torch.cat([in_picked, scores[:, n_blocks * block :]], dim=1)
+        picked = torch.cat([picked, torch.full_like(picked[:, :1], n_blocks)], dim=1)
+        values, position = _chunk_topk(candidates, k)
+        return values, picked.gather(1, position // block) * block + position % block
     values, index = torch.topk(scores, k + 1, dim=1)
     tied = (values[:, k - 1] == values[:, k]).nonzero().squeeze(1)
     values, index = values[:, :k], index[:, :k]
@@ -86,7 +104,8 @@ def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
         fixed = torch.sort(scores[tied], dim=1, descending=True, stable=True)
         values[tied] = fixed.values[:, :k]
         index[tied] = fixed.indices[:, :k]
-    return values, index
+    index, order = torch.sort(index, dim=1)
+    return values.gather(1, order), index
 
 
 @torch.no_grad()
@@ -127,17 +146,24 @@ def topk_multi_interest(
         raise ValueError(f"exclude must be [{batch}, L], got shape {tuple(exclude.shape)}")
 
     device, dtype = interests.device, interests.dtype
-    queries = interests.reshape(batch * k_interests, -1)
-    best_items = torch.empty(batch * k_interests, 0, dtype=torch.long, device=device)
-    best_scores = torch.empty(batch * k_interests, 0, dtype=dtype, device=device)
+    rows = batch * k_interests
+    queries = interests.reshape(rows, -1)
     if exclude is not None:
         exclude = exclude.to(device=device, dtype=torch.long)
 
     n_items = item_embeddings.shape[0] - 1
+    # Every chunk scores into one buffer: a fresh [B*K, chunk_items] tensor per chunk pays page faults that
+    # cost as much again as the matmul on CPU.
+    buffer = torch.empty(rows * min(chunk_items, n_items), dtype=dtype, device=device)
+    # The chunks' top n, kept in item order (chunks ascend, _chunk_topk returns ascending columns) so that
+    # _chunk_topk's tie rule (smaller column) is the item rule when they are merged. Merging only once they
+    # outgrow a chunk, rather than after every chunk, costs less and keeps memory O(B*K*chunk_items).
+    found_scores = [torch.empty(rows, 0, dtype=dtype, device=device)]
+    found_items = [torch.empty(rows, 0, dtype=torch.long, device=device)]
     for lo in range(1, n_items + 1, chunk_items):
         hi = min(lo + chunk_items, n_items + 1)
         chunk = item_embeddings[lo:hi].to(device=device, dtype=dtype)
-        scores = queries @ chunk.T
+        scores = torch.mm(queries, chunk.T, out=buffer[: rows * (hi - lo)].view(rows, hi - lo))
         if exclude is not None:
             # Column hi - lo is a dump for ids outside this chunk (and padding), dropped after the scatter.
             local = torch.where((exclude >= lo) & (exclude < hi), exclude - lo, hi - lo)
@@ -145,10 +171,13 @@ def topk_multi_interest(
             banned.scatter_(1, local, True)
             scores.view(batch, k_interests, hi - lo).masked_fill_(banned[:, None, : hi - lo], -math.inf)
         values, index = _chunk_topk(scores, min(n, hi - lo))
-        merged_items = torch.cat([best_items, index + lo], dim=1)
-        merged_scores = torch.cat([best_scores, values], dim=1)
-        order = _score_desc_item_asc(merged_scores, merged_items)[:, :n]
-        best_items, best_scores = merged_items.gather(1, order), merged_scores.gather(1, order)
+        found_scores.append(values)
+        found_items.append(index + lo)
+        if hi > n_items or sum(found.shape[1] for found in found_scores) > chunk_items:
+            pooled_scores, pooled_items = torch.cat(found_scores, dim=1), torch.cat(found_items, dim=1)
+            values, index = _chunk_topk(pooled_scores, min(n, pooled_scores.shape[1]))
+            found_scores, found_items = [values], [pooled_items.gather(1, index)]
+    best_scores, best_items = found_scores[0], found_items[0]
 
     # K-interest merge. Pool in interest-major order so the stable sorts credit ties to the lower interest.
     width = best_items.shape[1]

@@ -274,6 +274,19 @@ def test_topk_matches_brute_force(case: dict) -> None:
     assert interest.tolist() == ref_interest
 
 
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_topk_block_pruning_on_wide_rows_matches_brute_force(n: int) -> None:
+    """Rows of >= 512 n columns take the block-maxima path; small integer scores make ties everywhere."""
+    gen = torch.Generator().manual_seed(n)
+    interests = torch.randint(-2, 3, (3, 2, 4), generator=gen).double()
+    items = torch.randint(-2, 3, (5_001, 4), generator=gen).double()
+    exclude = torch.randint(0, 5_001, (3, 6), generator=gen)
+    for chunk in (5_000, 3_000):  # one wide chunk, and a chunk boundary inside the table
+        got = topk_multi_interest(interests, items, n, chunk_items=chunk, exclude=exclude)
+        ref_items, ref_scores, ref_interest = reference_topk(interests, items, n, exclude)
+        assert got[0].tolist() == ref_items and got[1].tolist() == ref_scores and got[2].tolist() == ref_interest
+
+
 def test_topk_does_not_depend_on_chunking_in_float32() -> None:
     gen = torch.Generator().manual_seed(0)
     interests = torch.randn(4, 3, 8, generator=gen)
