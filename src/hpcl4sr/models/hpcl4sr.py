@@ -40,9 +40,6 @@ from hpcl4sr.models.layers import (
 )
 
 
-IGNORED_LABEL = -100  # cross_entropy's ignore_index: padded positions have no category to predict
-
-
 @dataclass(frozen=True)
 class HPCL4SRConfig(ModelConfig):
     lambda_class: float = 0.1  # lambda1 of eq. 20
@@ -181,16 +178,16 @@ class HPCL4SR(SequentialRecommender):
 
     # --- training objective (eq. 11-12, 15-20) -----------------------------------------------------
     def class_loss(self, routing_inputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Cross-entropy of the item categories predicted from Z at the real positions (eq. 11-12).
-
-        Padding is ignored through the labels rather than removed by boolean indexing, which would make
-        the step wait for the device to count the real positions.
-        """
+        """Cross-entropy of the item categories predicted from Z at the real positions (eq. 11-12)."""
         features = routing_inputs
         if self.config.class_mode == "reversed":
             features = GradientReversal.apply(features)
-        labels = self.item_category[batch.history].masked_fill(~batch.mask, IGNORED_LABEL)
-        return F.cross_entropy(self.classifier(features).flatten(0, 1), labels.flatten(), ignore_index=IGNORED_LABEL)
+        labels = self.item_category[batch.history]
+        if features.is_cuda:  # boolean indexing would make the step wait for the device to count positions
+            logits, labels = self.classifier(features).flatten(0, 1), labels.masked_fill(~batch.mask, -100).flatten()
+        else:  # a classifier over every category is costly on CPU: score the real positions only
+            logits, labels = self.classifier(features[batch.mask]), labels[batch.mask]
+        return F.cross_entropy(logits, labels, ignore_index=-100)  # -100 marks padding on CUDA
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config
