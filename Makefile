@@ -30,7 +30,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.core
-	$(BIN)/python benchmarks/train_speed.py
+	PYTHON=$(CURDIR)/$(BIN)/python bash benchmarks/run_all.sh bench
 
 clean:
 	rm -rf $(DEMO_DIR)
