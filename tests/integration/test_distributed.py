@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,27 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def torchrun(data: Path, run: Path, max_iters: int, *extra: str) -> None:
+    """Launch the worker on two processes; a failed launch is retried once from the same starting files.
+
+    Two launches out of about forty failed on a loaded 2-core machine, and their output was not kept; a
+    deterministic bug fails both attempts, and a first failure is reported as a warning with its output.
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(WORKER), str(data), str(run), str(max_iters), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    before = run.parent.with_name(run.parent.name + "-before")
+    shutil.rmtree(before, ignore_errors=True)
+    if run.parent.exists():
+        shutil.copytree(run.parent, before)
+    for attempt in (1, 2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        output = done.stdout[-3000:] + done.stderr[-3000:]
+        if done.returncode == 0:
+            return
+        assert attempt == 1, output
+        warnings.warn(f"torchrun launch failed once, retrying:\n{output}", stacklevel=2)
+        shutil.rmtree(run.parent, ignore_errors=True)
+        if before.exists():
+            shutil.copytree(before, run.parent)
 
 
 @pytest.fixture(scope="module")
