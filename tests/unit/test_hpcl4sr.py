@@ -1,5 +1,6 @@
 """HPCL4SR's pieces checked against numbers computed by hand or by the paper's formulas directly."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_routing_regularization_equals_direct_computation():
     assert float(routing_regularization(coupling, 64)) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["base", "base_class", "add", "mul", "cr", "no_margin", "full"])
+@pytest.mark.parametrize("variant", ["base", "base_class", "add", "mul", "cr", "no_margin", "full", "attention_low"])
 def test_table3_variants_train_and_log_their_terms(variant, synthetic_dir):
     from pathlib import Path
 
@@ -131,3 +132,17 @@ def test_table3_variants_train_and_log_their_terms(variant, synthetic_dir):
 def test_inconsistent_variant_is_refused():
     with pytest.raises(UserError, match="high_level"):
         config_for_run("hpcl4sr", [{"model": {"high_level": False}}])
+
+
+def test_attention_low_extractor_ignores_padding(synthetic_dir):
+    config = config_for_run("hpcl4sr", [{"model": {"low_extractor": "attention"}}])
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    model = build_model(config, data, 20).eval()
+    batch = TrainSampler(data, 8, 20, 4, seed=1).sample()
+    assert not bool(batch.mask.all())  # some rows are padded
+    garbage = batch.history.masked_fill(~batch.mask, 7)
+    with torch.no_grad():
+        clean, noisy = model.interests(batch), model.interests(dataclasses.replace(batch, history=garbage))
+    assert clean.shape == (8, config.model.interests, config.model.dim)
+    torch.testing.assert_close(clean, noisy)
