@@ -10,8 +10,18 @@ from hpcl4sr.data.sources import RawLog
 from hpcl4sr.data.synthetic import synthesize
 
 SHARED_TAFENG = Path(__file__).resolve().parents[2] / "shared/data/tafeng/ta_feng_all_months_merged.csv.gz"
-# The paper's largest dataset, Tmall-Buy (Table 1).
-TMALL_USERS, TMALL_ITEMS, TMALL_CATEGORIES = 356_795, 311_746, 1_400
+# The paper's largest dataset, Tmall-Buy (Table 1), and the mean sequence length that gives its 35M rows.
+TMALL_USERS, TMALL_ITEMS, TMALL_CATEGORIES, TMALL_MEAN_LENGTH = 356_795, 311_746, 1_400, 98.0
+
+
+def tmall_shape_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with --users, --items, --categories and --mean-length, Tmall-Buy's by default."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=TMALL_USERS)
+    parser.add_argument("--items", type=int, default=TMALL_ITEMS)
+    parser.add_argument("--categories", type=int, default=TMALL_CATEGORIES)
+    parser.add_argument("--mean-length", type=float, default=TMALL_MEAN_LENGTH)
+    return parser
 
 
 def dataset_dir(data: Path | None, scratch: Path, parser: argparse.ArgumentParser) -> Path:
@@ -31,7 +41,7 @@ def synthetic_tmall_dir(scratch: Path, users: int) -> Path:
     count, so `users` can stay well below Tmall's 356,795 to keep the preparation short. Nothing is
     filtered, so (nearly) every item keeps a row; `meta.json` has the exact count.
     """
-    frame = synthesize(users, TMALL_ITEMS, TMALL_CATEGORIES, seed=0, mean_length=98)
+    frame = synthesize(users, TMALL_ITEMS, TMALL_CATEGORIES, seed=0, mean_length=TMALL_MEAN_LENGTH)
     raw = RawLog(interactions=frame.with_row_index("order").lazy(), user_features=None)
     prepare(raw, PrepareOptions(source="synthetic", filter="none", max_len=20), scratch / "synthetic-tmall")
     return scratch / "synthetic-tmall"

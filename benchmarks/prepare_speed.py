@@ -10,7 +10,6 @@ preparation alone, what it kept (`rows`, `users`, `items`, `categories`), the ma
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 import polars as pl
 
 from hpcl4sr.data.prepare import prepare_from_files
+from common import tmall_shape_parser
+
 from hpcl4sr.data.synthetic import synthesize, write_interactions
 
 TARGET = {"wall_s": 90, "peak_rss_mb": 4096}  # the budget on 2 cores
@@ -43,12 +44,7 @@ def _prepare(log: Path, out: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=356_795)
-    parser.add_argument("--items", type=int, default=311_746)
-    parser.add_argument("--categories", type=int, default=1_400)
-    parser.add_argument("--mean-length", type=float, default=98.0)
-    args = parser.parse_args()
+    args = tmall_shape_parser(__doc__).parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         log, out = Path(scratch) / "log.parquet", Path(scratch) / "dataset"
         frame = synthesize(args.users, args.items, args.categories, seed=0, mean_length=args.mean_length)

@@ -7,23 +7,19 @@ Prints one JSON object with `rows`, `generate_s`, `write_s` and `peak_rss_mb`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import tempfile
 import time
 from pathlib import Path
 
+from common import tmall_shape_parser
+
 from hpcl4sr.data.synthetic import synthesize, write_interactions
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=356_795)
-    parser.add_argument("--items", type=int, default=311_746)
-    parser.add_argument("--categories", type=int, default=1_400)
-    parser.add_argument("--mean-length", type=float, default=98.0)
-    args = parser.parse_args()
+    args = tmall_shape_parser(__doc__).parse_args()
     started = time.perf_counter()
     frame = synthesize(args.users, args.items, args.categories, seed=0, mean_length=args.mean_length)
     generated = time.perf_counter()
