@@ -20,10 +20,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import polars as pl
-
-from hpcl4sr.data.prepare import prepare_from_files
 from common import tmall_shape_parser
 
+from hpcl4sr.data.prepare import prepare_from_files
 from hpcl4sr.data.synthetic import synthesize, write_interactions
 
 TARGET = {"wall_s": 90, "peak_rss_mb": 4096}  # the budget on 2 cores
