@@ -75,8 +75,7 @@ def join(device: torch.device) -> tuple[ProcessGroup, torch.device, bool]:
     joined_here = not dist.is_initialized()
     if joined_here:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    group = ProcessGroup(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
-    return group, device, joined_here
+    return current_group(), device, joined_here
 
 
 def current_group() -> ProcessGroup:

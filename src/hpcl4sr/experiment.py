@@ -195,8 +195,10 @@ def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
     return target
 
 
-def cell_config(cell: Cell, data: Path) -> Any:
-    return config_for_run(cell.model, [*cell.layers, {"data": {"path": str(data)}, "train": {"seed": cell.seed}}])
+def cell_config(cell: Cell, data: Path, extra: dict[str, Any] | None = None) -> Any:
+    """The cell's run config; `extra` is a last layer (the CLI's --set)."""
+    own = {"data": {"path": str(data)}, "train": {"seed": cell.seed}}
+    return config_for_run(cell.model, [*cell.layers, own, extra or {}])
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:
@@ -281,9 +283,7 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
                 elsewhere.append(cell.id)
                 continue
             if not (run / "test_metrics.json").is_file():
-                config = cell_config(cell, data[cell.dataset])
-                if extra:
-                    config = config_for_run(cell.model, [config.to_dict(), extra])
+                config = cell_config(cell, data[cell.dataset], extra)
                 train(config, run, resume=(run / "last.pt").is_file(), progress=False)
             _record_test_users(run)
             _record_result(out, cell, run)
