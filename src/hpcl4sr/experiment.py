@@ -7,7 +7,7 @@ An experiment file (see experiments/*.yaml) names:
     seeds:     [1, 2, 3]
     set:       {section.key: value}           applied to every cell (e.g. the iteration budget)
     sweep:     {section.key: [v1, v2, ...]}   optional: each key varied alone, the others at default
-    ours:      row name                       optional: the row compared with the best other one
+    ours:      row name or [row, ...]         optional: our rows, each compared with the best of the others
     paper:     dataset -> row -> metric -> % optional: the paper's figures, printed beside ours
     similarity: {users: 128}                  optional: draw the paper's Figure 1 for these rows
 
@@ -77,14 +77,14 @@ class Experiment:
     seeds: tuple[int, ...]
     common: dict[str, Any]
     sweep: dict[str, list[Any]]
-    ours: str | None
+    ours: tuple[str, ...]
     paper: dict[str, Any]
     similarity: dict[str, Any] | None
 
     def summary(self) -> dict[str, Any]:
         """What `experiment report` needs of the file, saved beside the results as experiment.json."""
         return {"file": str(self.path), "datasets": list(self.datasets), "rows": list(self.rows),
-                "seeds": list(self.seeds), "sweep": self.sweep, "ours": self.ours, "paper": self.paper,
+                "seeds": list(self.seeds), "sweep": self.sweep, "ours": list(self.ours), "paper": self.paper,
                 "similarity": self.similarity}
 
     def cells(self) -> list[Cell]:
@@ -163,14 +163,16 @@ def load_experiment(path: Path) -> Experiment:
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: sweep.{key}: expected a non-empty list of values")
-    ours = spec.get("ours")
-    if ours is not None and ours not in rows:
-        raise UserError(f"{path}: ours: {ours!r} is not one of the models ({', '.join(rows)})")
+    ours = spec.get("ours", [])
+    ours = [ours] if isinstance(ours, str) else ours
+    if not isinstance(ours, list) or any(row not in rows for row in ours):
+        raise UserError(f"{path}: ours: expected a model row or a list of them ({', '.join(rows)}), "
+                        f"got {spec['ours']!r}")
     similarity = spec.get("similarity")
     return Experiment(
         path=path, datasets=datasets, rows=rows, seeds=tuple(seeds),
         common=nested(_mapping(spec.get("set"), path, "set"), path, "set"),
-        sweep=sweep, ours=ours, paper=_mapping(spec.get("paper"), path, "paper"),
+        sweep=sweep, ours=tuple(ours), paper=_mapping(spec.get("paper"), path, "paper"),
         similarity=None if similarity is None else _mapping(similarity, path, "similarity"),
     )
 

@@ -2,9 +2,10 @@
 
 Reads OUT/experiment.json and OUT/results.jsonl (written by `experiment run`) and writes OUT/report.md
 with, per dataset, a table in the layout of the paper's Tables 2 and 3 (mean ± std over seeds in
-percent, best bold, second underlined, and the relative improvement of `ours` over the best other row),
-the paper's own figures where the experiment file gives them, a paired significance test between
-`ours` and the best other row, the sweep figures (Figures 4 and 5: NDCG@50 against each swept value)
+percent, best bold, second underlined, and the relative improvement of each of `ours` over the best
+baseline, i.e. the best row not in `ours`), the paper's own figures where the experiment file gives them,
+a paired significance test between each of `ours` and that baseline, the sweep figures (Figures 4 and 5:
+NDCG@50 against each swept value)
 and the interest-similarity histogram (Figure 1).
 """
 
@@ -58,8 +59,8 @@ def _mean_std(runs: list[dict[str, Any]], metric: str) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def metrics_table(rows: dict[str, list[dict[str, Any]]], ours: str | None) -> str:
-    """Markdown: one row per model, mean ± std per metric, best bold, second underlined, improvement."""
+def metrics_table(rows: dict[str, list[dict[str, Any]]], ours: tuple[str, ...]) -> str:
+    """Markdown: one row per model, mean ± std per metric, best bold, second underlined, improvements."""
     means = {row: {m: _mean_std(runs, m) for m in TABLE_METRICS} for row, runs in rows.items()}
     lines = ["| model | seeds | " + " | ".join(TABLE_METRICS) + " |", "|---|---|" + "---|" * len(TABLE_METRICS)]
     rank: dict[str, list[str]] = {m: sorted(means, key=lambda r: -means[r][m][0]) for m in TABLE_METRICS}
@@ -74,12 +75,13 @@ def metrics_table(rows: dict[str, list[dict[str, Any]]], ours: str | None) -> st
                 text = f"<u>{text}</u>"
             cells.append(text)
         lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + " |")
-    if ours in means and len(means) > 1:
+    baselines = [row for row in means if row not in ours]
+    for row in (row for row in ours if row in means and baselines):
         cells = []
         for metric in TABLE_METRICS:
-            best_other = max(means[r][metric][0] for r in means if r != ours)
-            cells.append(f"{100 * (means[ours][metric][0] - best_other) / best_other:+.2f}%" if best_other else "n/a")
-        lines.append(f"| Improv. ({ours} vs best other) | | " + " | ".join(cells) + " |")
+            best = max(means[b][metric][0] for b in baselines)
+            cells.append(f"{100 * (means[row][metric][0] - best) / best:+.2f}%" if best else "n/a")
+        lines.append(f"| Improv. ({row} vs best baseline) | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -106,12 +108,11 @@ def _user_metrics(out: Path, runs: list[dict[str, Any]], metric: str) -> tuple[n
     return users, np.mean(values, axis=0)
 
 
-def significance(out: Path, rows: dict[str, list[dict[str, Any]]], ours: str) -> str:
-    """The paired test of `ours` against the best other row (by mean recall@50), as markdown lines."""
-    others = [row for row in rows if row != ours]
-    best = max(others, key=lambda row: _mean_std(rows[row], "recall@50")[0])
+def significance(out: Path, rows: dict[str, list[dict[str, Any]]], ours: str, baselines: list[str]) -> str:
+    """The paired test of `ours` against the best of `baselines` (by mean recall@50), as markdown lines."""
+    best = max(baselines, key=lambda row: _mean_std(rows[row], "recall@50")[0])
     lines = [f"Paired bootstrap over test users ({BOOTSTRAP_SAMPLES:,} resamples; per-user metrics averaged "
-             f"over seeds), {ours} against the best other row, {best}:", ""]
+             f"over seeds), {ours} against the best baseline, {best}:", ""]
     for metric in TESTED_METRICS:
         users_a, a = _user_metrics(out, rows[ours], metric)
         users_b, b = _user_metrics(out, rows[best], metric)
@@ -164,7 +165,8 @@ def write_report(out: Path) -> Path:
     if not results:
         raise UserError(f"{out}/results.jsonl: no finished cell yet")
     groups = _grouped(results)
-    ours = spec.get("ours")
+    ours = spec.get("ours") or ()
+    ours = (ours,) if isinstance(ours, str) else tuple(ours)  # a single row in files written before lists
     sections = [f"# Report: {Path(spec['file']).name}", "",
                 f"{len(results)} finished cells from `{out / 'results.jsonl'}`; metrics in percent, mean ± std "
                 "over seeds; **best**, <u>second</u>.", ""]
@@ -177,8 +179,8 @@ def write_report(out: Path) -> Path:
                      f"Best validation steps (the checkpoints tested): {budget[0]:,} to {budget[-1]:,}.", ""]
         if spec.get("paper", {}).get(dataset):
             sections += ["The paper's figures:", "", paper_table(spec["paper"][dataset]), ""]
-        if ours in rows and len(rows) > 1:
-            sections += [significance(out, rows, ours), ""]
+        baselines = [row for row in rows if row not in ours]
+        sections += [significance(out, rows, row, baselines) + "\n" for row in ours if row in rows and baselines]
     if spec.get("sweep"):
         for row in spec["rows"]:
             figure = out / "figures" / f"sweep_{row}.png"

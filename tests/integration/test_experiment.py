@@ -18,7 +18,7 @@ from hpcl4sr.analysis import case_study
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment import load_experiment, read_results, run_experiment
-from hpcl4sr.report import paired_bootstrap, write_report
+from hpcl4sr.report import metrics_table, paired_bootstrap, write_report
 
 TINY = {"train.max_iters": 30, "train.eval_every": 15, "train.log_every": 15, "train.batch_size": 32,
         "train.device": "cpu"}
@@ -45,12 +45,23 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
     assert stamps == {r["cell"]: (out / r["run"] / "test_metrics.json").stat().st_mtime_ns for r in again}
 
     report = write_report(out).read_text()
-    assert "## synthetic" in report and "Improv. (sa vs best other)" in report
+    assert "## synthetic" in report and "Improv. (sa vs best baseline)" in report
     assert report.count("**") >= 2 * 6  # one best per metric column
     assert "recall@50: sa − gru" in report and "p = " in report
     assert "The paper's figures" in report
     saved = np.load(out / results[0]["run"] / "test_users.npz")
     assert saved["recall@50"].mean() == pytest.approx(results[0]["metrics"]["recall@50"], rel=1e-12)
+
+
+def test_each_of_our_rows_is_compared_with_the_best_baseline_not_with_each_other():
+    def runs(recall: float) -> list[dict]:
+        return [{"metrics": {m: recall for m in ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50")}}]
+
+    table = metrics_table({"ours_a": runs(0.12), "ours_b": runs(0.15), "base_1": runs(0.10), "base_2": runs(0.08)},
+                          ours=("ours_a", "ours_b"))
+    assert "| Improv. (ours_a vs best baseline) | | +20.00%" in table  # against base_1, not ours_b
+    assert "| Improv. (ours_b vs best baseline) | | +50.00%" in table
+    assert "**15.00**" in table and "<u>12.00</u>" in table
 
 
 def test_sweep_varies_one_key_at_a_time_and_draws_it(synthetic_dir, tmp_path):
@@ -107,7 +118,7 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
     with pytest.raises(UserError, match="SECTION.KEY"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
                                         set={"max_iters": 3}))
-    with pytest.raises(UserError, match="ours: 'b'"):
+    with pytest.raises(UserError, match="ours: expected a model row.*got 'b'"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}, ours="b"))
 
 
