@@ -291,6 +291,8 @@ def experiment_run(
     out: Annotated[Path | None, typer.Option(help="Experiment directory; default runs/experiments/NAME.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="SECTION.KEY=VALUE for every cell (speed settings "
                                                           "such as train.threads=1); repeatable.")] = [],
+    seeds: Annotated[list[int], typer.Option("--seed", help="Run only these of the file's seeds "
+                                                            "(repeatable); the others stay to do.")] = [],
     progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
 ) -> None:
     """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed.
@@ -301,6 +303,8 @@ def experiment_run(
     from hpcl4sr.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(file)
+    if seeds:
+        experiment = experiment.with_seeds(seeds)
     out = out or Path("runs/experiments") / file.stem
     results = run_experiment(experiment, out, progress=progress, extra=parse_assignments(set_))
     typer.echo(f"{len(results)} cells finished; results in {out / 'results.jsonl'}; "

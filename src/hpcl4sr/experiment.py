@@ -27,7 +27,7 @@ import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,14 @@ class Experiment:
         return {"file": str(self.path), "datasets": list(self.datasets), "rows": list(self.rows),
                 "seeds": list(self.seeds), "sweep": self.sweep, "ours": list(self.ours), "paper": self.paper,
                 "similarity": self.similarity}
+
+    def with_seeds(self, seeds: list[int]) -> Experiment:
+        """The same grid restricted to some of its seeds (a smaller first pass on a small machine)."""
+        unknown = sorted(set(seeds) - set(self.seeds))
+        if unknown:
+            raise UserError(f"{self.path}: seed {unknown[0]} is not one of the file's seeds "
+                            f"({', '.join(map(str, self.seeds))})")
+        return replace(self, seeds=tuple(seed for seed in self.seeds if seed in seeds))
 
     def cells(self) -> list[Cell]:
         """Every cell, dataset-major then row, variant and seed, the order they run in."""
@@ -277,19 +285,28 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
     elsewhere = []
     bar = tqdm(cells, desc=f"experiment {experiment.path.stem}", unit="cell", disable=not progress,
                dynamic_ncols=True)
-    for cell in bar:
+    configs = [cell_config(cell, data[cell.dataset], extra) for cell in cells]  # every error before any work
+    for index, cell in enumerate(bar):
         bar.set_postfix_str(cell.id)
-        run = out / "runs" / cell.id
+        # A sweep's default value is swept once per key: train that config once and record it under each id.
+        twin = next((cells[i] for i in range(index) if configs[i] == configs[index]), None)
+        run = out / "runs" / (twin or cell).id
+        if twin is not None:
+            if (run / "test_metrics.json").is_file():
+                _record_result(out, cell, run)
+            else:  # a concurrent runner is still training the twin
+                elsewhere.append(cell.id)
+            continue
         with _exclusive(out / "runs" / f"{cell.id}.lock", wait=False) as held:
             if not held:
                 elsewhere.append(cell.id)
                 continue
             if not (run / "test_metrics.json").is_file():
-                config = cell_config(cell, data[cell.dataset], extra)
-                train(config, run, resume=(run / "last.pt").is_file(), progress=False)
+                train(configs[index], run, resume=(run / "last.pt").is_file(), progress=False)
             _record_test_users(run)
             _record_result(out, cell, run)
     bar.close()
     if elsewhere:
-        tqdm.write(f"{len(elsewhere)} cell(s) were being trained by another runner: {', '.join(elsewhere)}")
+        tqdm.write(f"{len(elsewhere)} cell(s) were being trained by another runner (rerun to record them "
+                   f"once it ends): {', '.join(elsewhere)}")
     return read_results(out)

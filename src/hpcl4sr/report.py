@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from hpcl4sr.atomic import atomic_output, write_text
 from hpcl4sr.errors import UserError
@@ -154,6 +155,17 @@ def plot_sweeps(groups: dict[tuple[str, str, str | None], list[dict[str, Any]]],
     plt.close(figure)
 
 
+def _budget(out: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
+    """The iteration caps and patience the cells ran with, read from their saved configs."""
+    budgets = set()
+    for runs in rows.values():
+        for run in runs:
+            train = yaml.safe_load((out / run["run"] / "config.yaml").read_text())["train"]
+            budgets.add((train["max_iters"], train["patience"], train["batch_size"]))
+    return "; ".join(f"at most {iters:,} iterations of batch {batch}, early stopping after {patience} validations "
+                     "without a better valid recall@50" for iters, patience, batch in sorted(budgets))
+
+
 def write_report(out: Path) -> Path:
     """Write OUT/report.md and its figures under OUT/figures/; returns the report's path."""
     out = Path(out)
@@ -174,9 +186,10 @@ def write_report(out: Path) -> Path:
         rows = {row: groups[(dataset, row, None)] for row in spec["rows"] if (dataset, row, None) in groups}
         if not rows:
             continue
-        budget = sorted({run["metrics"].get("best_step", 0) for runs in rows.values() for run in runs})
+        best = sorted({run["metrics"].get("best_step", 0) for runs in rows.values() for run in runs})
         sections += [f"## {dataset}", "", metrics_table(rows, ours), "",
-                     f"Best validation steps (the checkpoints tested): {budget[0]:,} to {budget[-1]:,}.", ""]
+                     f"Budget: {_budget(out, rows)}. Best validation steps (the checkpoints tested): "
+                     f"{best[0]:,} to {best[-1]:,}.", ""]
         if spec.get("paper", {}).get(dataset):
             sections += ["The paper's figures:", "", paper_table(spec["paper"][dataset]), ""]
         baselines = [row for row in rows if row not in ours]

@@ -46,6 +46,7 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
 
     report = write_report(out).read_text()
     assert "## synthetic" in report and "Improv. (sa vs best baseline)" in report
+    assert "Budget: at most 30 iterations of batch 32" in report
     assert report.count("**") >= 2 * 6  # one best per metric column
     assert "recall@50: sa − gru" in report and "p = " in report
     assert "The paper's figures" in report
@@ -66,12 +67,17 @@ def test_each_of_our_rows_is_compared_with_the_best_baseline_not_with_each_other
 
 def test_sweep_varies_one_key_at_a_time_and_draws_it(synthetic_dir, tmp_path):
     file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, seeds=[1],
-                           sweep={"model.negatives": [2, 5]})
+                           sweep={"model.negatives": [2, 5, 10], "model.interests": [2, 4]})
     out = tmp_path / "out"
     results = run_experiment(load_experiment(file), out, progress=False)
-    assert [r["cell"] for r in results] == ["synthetic/sa/model.negatives=2/s1", "synthetic/sa/model.negatives=5/s1"]
+    assert [r["cell"] for r in results] == [f"synthetic/sa/{v}/s1" for v in (
+        "model.negatives=2", "model.negatives=5", "model.negatives=10", "model.interests=2", "model.interests=4")]
     config = yaml.safe_load((out / results[1]["run"] / "config.yaml").read_text())
     assert config["model"]["negatives"] == 5 and config["train"]["max_iters"] == 30
+    # negatives=10 and interests=4 are both the defaults: one run, recorded under both cells
+    assert results[4]["run"] == results[2]["run"] == "runs/synthetic/sa/model.negatives=10/s1"
+    assert results[4]["metrics"] == results[2]["metrics"]
+    assert not (out / "runs/synthetic/sa/model.interests=4").exists()
     report = write_report(out).read_text()
     assert "figures/sweep_sa.png" in report and (out / "figures/sweep_sa.png").stat().st_size > 1000
 
@@ -101,6 +107,18 @@ def test_killed_experiment_resumes_without_redoing_finished_cells(synthetic_dir,
     assert steps == list(range(20, 401, 20))  # continued, not restarted or repeated
 
 
+def test_cli_runs_only_the_chosen_seeds_and_reports(synthetic_dir, tmp_path):
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}})
+    out = tmp_path / "out"
+    hpcl4sr = [sys.executable, "-m", "hpcl4sr", "experiment"]
+    run = subprocess.run([*hpcl4sr, "run", str(file), "--out", str(out), "--seed", "2", "--no-progress"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert [r["cell"] for r in read_results(out)] == ["synthetic/sa/s2"]
+    report = subprocess.run([*hpcl4sr, "report", str(out)], capture_output=True, text=True)
+    assert report.returncode == 0 and "report.md" in report.stdout, report.stderr
+
+
 def test_paired_bootstrap() -> None:
     rng = np.random.default_rng(0)
     base = rng.random(500)
@@ -118,6 +136,10 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
     with pytest.raises(UserError, match="SECTION.KEY"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
                                         set={"max_iters": 3}))
+    two_seeds = load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}))
+    assert [cell.id for cell in two_seeds.with_seeds([2]).cells()] == ["synthetic/a/s2"]
+    with pytest.raises(UserError, match="seed 7 is not one of the file's seeds"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}})).with_seeds([7])
     with pytest.raises(UserError, match="ours: expected a model row.*got 'b'"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}, ours="b"))
 
