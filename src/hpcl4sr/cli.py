@@ -259,6 +259,26 @@ def analyze_similarity(
     typer.echo(f"wrote {out}")
 
 
+@analyze_app.command("repeats")
+def analyze_repeats(
+    run: Annotated[list[Path], typer.Option(help="Run directory; repeat to compare runs.")],
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    n: Annotated[int, typer.Option("-n", help="Length of the recommendation list.")] = 50,
+) -> None:
+    """Hits on repeat items (already in the user's history) against new items, one JSON line per run.
+
+    Rates are the share of all such targets of the split found in the top-n, pooled over users.
+    """
+    from hpcl4sr.analysis import repeat_breakdown
+    from hpcl4sr.train import load_run
+
+    for path in run:
+        config, dataset, model, max_len = load_run(path)
+        figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size)
+        typer.echo(json.dumps({"run": str(path), "model": config.model_name, "n": n, **{
+            key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}}))
+
+
 @analyze_app.command("summary")
 def analyze_summary(
     run: Annotated[list[Path], typer.Option(help="Run directory; repeat. Runs of one config form one row.")],

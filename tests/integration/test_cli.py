@@ -11,7 +11,7 @@ import pytest
 from hpcl4sr.data.dataset import SequenceDataset
 
 COMMANDS = [[], ["models"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"], ["analyze"],
-            ["analyze", "similarity"], ["analyze", "summary"],
+            ["analyze", "similarity"], ["analyze", "summary"], ["analyze", "repeats"],
             ["data"], ["data", "fetch"], ["data", "stats"], ["data", "synth"]]
 
 
@@ -105,3 +105,9 @@ def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Pa
     assert summary.returncode == 0, summary.stderr
     rows = [line for line in summary.stdout.splitlines() if line.startswith("| comirec") or line.startswith("| hpcl")]
     assert len(rows) == 2 and "recall@50" in summary.stdout
+    repeats = cli("analyze", "repeats", *runs, "-n", 20)
+    assert repeats.returncode == 0, repeats.stderr
+    lines = [json.loads(line) for line in repeats.stdout.splitlines()]
+    assert [line["model"] for line in lines] == ["comirec-sa", "hpcl4sr"] and lines[0]["n"] == 20
+    assert lines[0]["repeat_targets"] == lines[1]["repeat_targets"] > 0  # same users, same cut
+    assert all(0 <= line[key] <= 1 for line in lines for key in ("repeat_hit_rate", "new_hit_rate", "history_share"))
