@@ -242,8 +242,10 @@ def analyze_similarity(
 ) -> None:
     """Histogram of the cosine similarity between each user's K interests (paper Figure 1).
 
-    Prints one JSON line per run with the mean similarity.
+    Prints one JSON line per run with the mean similarity and its 10th, 50th and 90th percentiles.
     """
+    import numpy as np
+
     from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
     from hpcl4sr.train import load_run
 
@@ -253,8 +255,10 @@ def analyze_similarity(
         values = interest_similarities(model, dataset, max_len, users, seed)
         label = f"{config.model_name} ({path.name})"
         series[label] = values
+        p10, p50, p90 = np.quantile(values, [0.1, 0.5, 0.9])
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, "users": values.shape[0],
-                               "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4)}))
+                               "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4),
+                               "p10": round(float(p10), 4), "median": round(float(p50), 4), "p90": round(float(p90), 4)}))
     plot_similarity_histogram(series, out)
     typer.echo(f"wrote {out}")
 

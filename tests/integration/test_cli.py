@@ -100,6 +100,7 @@ def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Pa
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["model"] for line in lines] == ["comirec-sa", "hpcl4sr"]
     assert all(line["pairs"] == 30 * 6 and -1 <= line["mean_similarity"] <= 1 for line in lines)
+    assert all(-1 <= line["p10"] <= line["median"] <= line["p90"] <= 1 for line in lines)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = cli("analyze", "summary", *runs)
     assert summary.returncode == 0, summary.stderr
