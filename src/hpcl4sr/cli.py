@@ -255,10 +255,10 @@ def analyze_similarity(
         values = interest_similarities(model, dataset, max_len, users, seed)
         label = f"{config.model_name} ({path.name})"
         series[label] = values
-        p10, p50, p90 = np.quantile(values, [0.1, 0.5, 0.9])
+        percentiles = dict(zip(("p10", "median", "p90"), np.quantile(values, [0.1, 0.5, 0.9]).round(4).tolist()))
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, "users": values.shape[0],
                                "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4),
-                               "p10": round(float(p10), 4), "median": round(float(p50), 4), "p90": round(float(p90), 4)}))
+                               **percentiles}))
     plot_similarity_histogram(series, out)
     typer.echo(f"wrote {out}")
 
