@@ -198,7 +198,10 @@ def write_report(out: Path) -> Path:
         for row in spec["rows"]:
             figure = out / "figures" / f"sweep_{row}.png"
             plot_sweeps(groups, spec["sweep"], spec["datasets"], row, figure)
-            sections += [f"## Sweeps of {row}", "", f"![NDCG@50 against each swept value](figures/{figure.name})", ""]
+            swept = {f"{dataset}/{variant}": runs for (dataset, name, variant), runs in groups.items()
+                     if name == row and variant is not None}
+            sections += [f"## Sweeps of {row}", "", f"![NDCG@50 against each swept value](figures/{figure.name})", "",
+                         f"Budget: {_budget(out, swept)}.", ""]
             for key, values in spec["sweep"].items():
                 header = "| dataset | " + " | ".join(f"{key}={value}" for value in values) + " |"
                 lines = [header, "|---|" + "---|" * len(values)]

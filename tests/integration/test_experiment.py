@@ -80,6 +80,7 @@ def test_sweep_varies_one_key_at_a_time_and_draws_it(synthetic_dir, tmp_path):
     assert not (out / "runs/synthetic/sa/model.interests=4").exists()
     report = write_report(out).read_text()
     assert "figures/sweep_sa.png" in report and (out / "figures/sweep_sa.png").stat().st_size > 1000
+    assert "Budget: at most 30 iterations of batch 32" in report
 
 
 def test_killed_experiment_resumes_without_redoing_finished_cells(synthetic_dir, tmp_path):
