@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from hpcl4sr.atomic import atomic_output
 from hpcl4sr.data.dataset import SequenceDataset
@@ -37,7 +38,7 @@ def interest_similarities(
 @torch.no_grad()
 def repeat_breakdown(
     model: SequentialRecommender, dataset: SequenceDataset, split: str, max_len: int, n: int = 50,
-    batch_size: int = 1024,
+    batch_size: int = 1024, progress: bool = False,
 ) -> dict[str, float]:
     """Hits on repeat targets (items already in the evaluation history) and on new ones, pooled over users.
 
@@ -52,7 +53,9 @@ def repeat_breakdown(
     device = next(model.parameters()).device
     item_table = model.item_embeddings()
     counts = dict.fromkeys(("repeat_targets", "repeat_hits", "new_targets", "new_hits", "history_slots", "slots"), 0)
-    for batch in dataset.eval_batches(split, batch_size, max_len):
+    batches = dataset.eval_batches(split, batch_size, max_len)
+    total = -(-len(dataset.eval_users(split)) // batch_size)
+    for batch in tqdm(batches, total=total, desc=f"repeats {split}", disable=not progress, leave=False):
         ranked, _, _ = topk_multi_interest(model.interests(batch.to(device)), item_table, n)
         for top, history, targets in zip(ranked.tolist(), batch.history.tolist(), batch.targets.tolist()):
             top, history, targets = set(top), set(history) - {0}, set(targets) - {0}

@@ -278,7 +278,7 @@ def analyze_repeats(
 
     for path in run:
         config, dataset, model, max_len = load_run(path)
-        figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size)
+        figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size, progress=True)
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, "n": n, **{
             key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}}))
 
