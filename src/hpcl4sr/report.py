@@ -77,7 +77,7 @@ def metrics_table(rows: dict[str, list[dict[str, Any]]], ours: tuple[str, ...]) 
             cells.append(text)
         lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + " |")
     baselines = [row for row in means if row not in ours]
-    for row in (row for row in ours if row in means and baselines):
+    for row in [row for row in ours if row in means] if baselines else []:
         cells = []
         for metric in TABLE_METRICS:
             best = max(means[b][metric][0] for b in baselines)
@@ -156,7 +156,7 @@ def plot_sweeps(groups: dict[tuple[str, str, str | None], list[dict[str, Any]]],
 
 
 def _budget(out: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
-    """The iteration caps and patience the cells ran with, read from their saved configs."""
+    """The iteration caps, batch sizes and patience the cells ran with, read from their saved configs."""
     budgets = set()
     for runs in rows.values():
         for run in runs:
