@@ -166,7 +166,7 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
     optimizer = make_optimizer(model, settings)
     sampler = TrainSampler(dataset, settings.batch_size, max_len, config.data.min_history, settings.seed,
                            stream=group.rank)
-    state = {"step": 0, "best_metric": -1.0, "best_step": 0, "bad_evals": 0, "finished": False}
+    state = {"step": 0, "best_metric": -1.0, "best_step": 0, "bad_evals": 0, "finished": False, "seconds": 0.0}
 
     if resume:
         checkpoint = load_checkpoint(out / "last.pt")
@@ -213,7 +213,8 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
 
     bar = tqdm(total=settings.max_iters, initial=state["step"], desc=f"train {config.model_name}",
                disable=not (progress and group.is_main), mininterval=1.0, dynamic_ncols=True)
-    started = time.perf_counter()
+    # Training seconds count across resumes (older checkpoints lack them), so a log's times stay comparable.
+    trained_before, started = state.get("seconds", 0.0), time.perf_counter()
     model.train()
     try:
         while not state["finished"] and state["step"] < settings.max_iters:
@@ -233,9 +234,9 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
             if step % settings.eval_every == 0 or step == settings.max_iters:
                 # Every rank gets the same metrics, so every rank takes the same stopping decision.
                 metrics = evaluate_model(model, dataset, "valid", max_len, settings.eval_batch_size)
+                state["seconds"] = trained_before + time.perf_counter() - started
                 if log is not None:
-                    log.write({"step": step, "split": "valid",
-                               "seconds": round(time.perf_counter() - started, 1), **metrics})
+                    log.write({"step": step, "split": "valid", "seconds": round(state["seconds"], 1), **metrics})
                 if metrics[EARLY_STOP_METRIC] > state["best_metric"]:
                     state.update(best_metric=metrics[EARLY_STOP_METRIC], best_step=step, bad_evals=0)
                     save("best.pt")

@@ -34,6 +34,7 @@ def test_training_lowers_loss_and_writes_the_run(synthetic_dir, tmp_path):
 def test_resume_continues_exactly(synthetic_dir, tmp_path):
     train(run_config(synthetic_dir, max_iters=60), tmp_path / "straight", progress=False)
     train(run_config(synthetic_dir, max_iters=40), tmp_path / "resumed", progress=False)
+    first_seconds = torch.load(tmp_path / "resumed/last.pt", weights_only=True)["state"]["seconds"]
     train(run_config(synthetic_dir, max_iters=60), tmp_path / "resumed", resume=True, progress=False)
     straight = torch.load(tmp_path / "straight/last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/last.pt", weights_only=True)
@@ -45,6 +46,7 @@ def test_resume_continues_exactly(synthetic_dir, tmp_path):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
     assert records("straight") == records("resumed")
+    assert resumed["state"]["seconds"] > first_seconds > 0  # training time adds up across the resume
 
 
 def test_existing_run_needs_resume(synthetic_dir, tmp_path):
