@@ -317,20 +317,22 @@ def experiment_run(
                                                           "such as train.threads=1); repeatable.")] = [],
     seeds: Annotated[list[int], typer.Option("--seed", help="Run only these of the file's seeds "
                                                             "(repeatable); the others stay to do.")] = [],
+    runners: Annotated[int, typer.Option(min=1, help="Train this many cells at once, each in its own process "
+                                                     "with a share of the cores (logs in OUT/runner-K.log).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
 ) -> None:
-    """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed.
-
-    Start several runners on the same FILE and --out to train several cells at once.
-    """
+    """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed."""
     from hpcl4sr.config import parse_assignments
-    from hpcl4sr.experiment import load_experiment, run_experiment
+    from hpcl4sr.experiment import load_experiment, run_experiment, run_with_runners
 
     experiment = load_experiment(file)
     if seeds:
         experiment = experiment.with_seeds(seeds)
     out = out or Path("runs/experiments") / file.stem
-    results = run_experiment(experiment, out, progress=progress, extra=parse_assignments(set_))
+    if runners > 1:
+        results = run_with_runners(experiment, out, runners, set_, progress=progress)
+    else:
+        results = run_experiment(experiment, out, progress=progress, extra=parse_assignments(set_))
     typer.echo(f"{len(results)} cells finished; results in {out / 'results.jsonl'}; "
                f"tables with `hpcl4sr experiment report {out}`")
 

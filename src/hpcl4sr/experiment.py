@@ -19,12 +19,17 @@ per-user test metrics (OUT/runs/.../test_users.npz, for the significance tests o
 
 Several runners may work on one directory at once (e.g. one per core or per GPU): each cell is held by
 an advisory lock that dies with its process, so a runner skips the cells another one is training.
+`run_with_runners` starts them and waits for them (`experiment run --runners N`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -128,6 +133,15 @@ def _mapping(value: Any, path: Path, where: str) -> dict[str, Any]:
     return value
 
 
+def _file_names(value: Any, path: Path, where: str, many: bool = True) -> list[str]:
+    """A file name, or a list of them when `many`, as strings; anything else names the entry."""
+    names = value if many and isinstance(value, list) else [value]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        expected = "a file name or a list of them" if many else "a directory name"
+        raise UserError(f"{path}: {where}: expected {expected}, got {value!r}")
+    return names
+
+
 def load_experiment(path: Path) -> Experiment:
     """Read and check an experiment file; every error names the file and the offending entry."""
     path = Path(path)
@@ -141,9 +155,10 @@ def load_experiment(path: Path) -> Experiment:
     for name, entry in _mapping(spec.get("datasets"), path, "datasets").items():
         entry = _mapping(entry, path, f"datasets.{name}")
         if "path" in entry:
-            datasets[name] = DatasetSpec(name, path=(base / entry["path"]).resolve())
+            (prepared,) = _file_names(entry["path"], path, f"datasets.{name}.path", many=False)
+            datasets[name] = DatasetSpec(name, path=(base / prepared).resolve())
         elif "source" in entry and "raw" in entry:
-            raw = entry["raw"] if isinstance(entry["raw"], list) else [entry["raw"]]
+            raw = _file_names(entry["raw"], path, f"datasets.{name}.raw")
             datasets[name] = DatasetSpec(name, source=entry["source"], raw=tuple((base / f).resolve() for f in raw),
                                          options=_mapping(entry.get("options"), path, f"datasets.{name}.options"))
         else:
@@ -157,8 +172,8 @@ def load_experiment(path: Path) -> Experiment:
         unknown = sorted(set(entry) - ROW_KEYS)
         if unknown or "model" not in entry:
             raise UserError(f"{path}: models.{name}: expected keys model, config, set (got {sorted(entry)})")
-        configs = entry.get("config") or []
-        layers = [load_yaml(base / file) for file in (configs if isinstance(configs, list) else [configs])]
+        configs = _file_names(entry["config"], path, f"models.{name}.config") if "config" in entry else []
+        layers = [load_yaml(base / file) for file in configs]
         layers.append(nested(_mapping(entry.get("set"), path, f"models.{name}.set"), path, f"models.{name}.set"))
         rows[name] = (str(entry["model"]), tuple(layers))
     if not rows:
@@ -310,3 +325,47 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
         tqdm.write(f"{len(elsewhere)} cell(s) were being trained by another runner (rerun to record them "
                    f"once it ends): {', '.join(elsewhere)}")
     return read_results(out)
+
+
+def run_with_runners(experiment: Experiment, out: Path, runners: int, assignments: list[str],
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """Train the grid with `runners` processes of `experiment run` at once, then record every cell.
+
+    Each runner gets an equal share of the cores (train.threads, unless `assignments` set it) and writes
+    its output to OUT/runner-K.log; the bar counts the grid's finished cells. Raises if a runner failed.
+    """
+    from hpcl4sr.config import parse_assignments
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "train.threads" not in parse_assignments(assignments).get("train", {}):
+        assignments = [*assignments, f"train.threads={max(1, (os.cpu_count() or 1) // runners)}"]
+    command = [sys.executable, "-m", "hpcl4sr", "experiment", "run", str(experiment.path), "--out", str(out),
+               "--no-progress", *(f"--seed={seed}" for seed in experiment.seeds),
+               *(f"--set={assignment}" for assignment in assignments)]
+    logs = [out / f"runner-{number}.log" for number in range(1, runners + 1)]
+    children = []
+    for log in logs:
+        with log.open("w") as handle:  # the child keeps its own descriptor
+            children.append(subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT))
+    cell_ids = {cell.id for cell in experiment.cells()}
+    bar = tqdm(total=len(cell_ids), desc=f"experiment {experiment.path.stem} ({runners} runners)", unit="cell",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while any(child.poll() is None for child in children):
+            bar.n = sum(result["cell"] in cell_ids for result in read_results(out))
+            bar.refresh()
+            time.sleep(1.0)
+    finally:  # on Ctrl-C (or any error here) no runner is left training on its own
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+            child.wait()
+        bar.close()
+    failed = [log for log, child in zip(logs, children) if child.returncode != 0]
+    if failed:
+        last_lines = failed[0].read_text().strip().splitlines()[-3:]
+        raise UserError(f"{len(failed)} runner(s) failed; see {', '.join(map(str, failed))}. "
+                        f"{failed[0].name} ends:\n" + "\n".join(last_lines))
+    # Cells a runner found held by another are recorded now that every runner has finished.
+    return run_experiment(experiment, out, progress=False, extra=parse_assignments(assignments))

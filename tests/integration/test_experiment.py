@@ -143,6 +143,11 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}})).with_seeds([7])
     with pytest.raises(UserError, match="ours: expected a model row.*got 'b'"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}, ours="b"))
+    with pytest.raises(UserError, match="datasets.synthetic.path: expected a directory name, got None"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
+                                        datasets={"synthetic": {"path": None}}))
+    with pytest.raises(UserError, match=r"models.a.config: expected a file name or a list of them, got \[3\]"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec", "config": [3]}}))
 
 
 def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_path):
@@ -173,6 +178,30 @@ def test_runners_share_a_grid_cell_by_cell(synthetic_dir, tmp_path):
     assert yaml.safe_load((out / "runs/synthetic/sa/s2/config.yaml").read_text())["train"]["threads"] == 1
     results = run_experiment(load_experiment(file), out, progress=False)
     assert sorted(r["cell"] for r in results) == ["synthetic/sa/s1", "synthetic/sa/s2"]
+
+
+def test_runners_option_trains_each_cell_once_and_records_all(synthetic_dir, tmp_path):
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"},
+                                                            "gru": {"model": "gru4rec"}})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hpcl4sr", "experiment", "run", str(file), "--out", str(out), "--no-progress"]
+    run = subprocess.run([*command, "--runners", "2"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    results = read_results(out)
+    assert sorted(r["cell"] for r in results) == ["synthetic/gru/s1", "synthetic/gru/s2", "synthetic/sa/s1",
+                                                  "synthetic/sa/s2"]
+    for result in results:
+        run_dir = out / result["run"]
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "valid"]
+        assert steps == [15, 30]  # trained by one runner, once
+        threads = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["threads"]
+        assert threads == max(1, (os.cpu_count() or 1) // 2)
+    assert (out / "runner-1.log").is_file() and (out / "runner-2.log").is_file()
+
+    failed = subprocess.run([*command, "--runners", "2", "--set", "train.no_such_key=1"], capture_output=True,
+                            text=True)
+    assert failed.returncode != 0 and "2 runner(s) failed" in failed.stderr and "no_such_key" in failed.stderr
 
 
 @pytest.mark.parametrize("name", ["table2", "table3", "sweeps", "similarity"])
