@@ -19,7 +19,8 @@ import torch
 from common import dataset_dir
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
-from hpcl4sr.train import build_model, config_for_run, make_optimizer
+from hpcl4sr.run import build_model, config_for_run
+from hpcl4sr.train import make_optimizer
 
 
 def per_call_ms(work, repeats: int) -> float:

@@ -22,7 +22,8 @@ from common import dataset_dir, synthetic_tmall_dir
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.models import MODELS
-from hpcl4sr.train import build_model, config_for_run, make_optimizer, resolve_device
+from hpcl4sr.run import build_model, config_for_run, resolve_device
+from hpcl4sr.train import make_optimizer
 
 
 def measure(name: str, dataset: SequenceDataset, steps: int, batch_size: int, device: torch.device,

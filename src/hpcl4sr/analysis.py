@@ -117,7 +117,7 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
     targets the rest, as in evaluation. Hits are marked ✓; every item shows its category.
     """
     from hpcl4sr.evaluate_core import topk_multi_interest
-    from hpcl4sr.train import load_run
+    from hpcl4sr.run import load_run
 
     loaded = [load_run(run) for run in runs]
     dataset, max_len = loaded[0][1], loaded[0][3]

@@ -148,7 +148,7 @@ def train(
     """Train a model; writes checkpoints, metrics.jsonl and test_metrics.json into the run directory."""
     from hpcl4sr.config import load_yaml, parse_assignments
     from hpcl4sr.distributed import launched_rank
-    from hpcl4sr.train import config_for_run, read_run_config
+    from hpcl4sr.run import config_for_run, read_run_config
     from hpcl4sr.train import train as run_training
 
     layers = [load_yaml(path) for path in config or []]
@@ -187,7 +187,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run on a split with the paper's protocol."""
     from hpcl4sr.evaluate import evaluate_model
-    from hpcl4sr.train import load_run
+    from hpcl4sr.run import load_run
 
     config, dataset, model, max_len = load_run(run, checkpoint)
     metrics = evaluate_model(model, dataset, split, max_len, config.train.eval_batch_size,
@@ -203,8 +203,8 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Recommend raw item ids for a user, with each item's category and the interest that found it."""
+    from hpcl4sr.run import load_run
     from hpcl4sr.serve.recommend import recommend as top_items
-    from hpcl4sr.train import load_run
 
     _, dataset, model, max_len = load_run(run)
     result = top_items(model, dataset, user, n, max_len)
@@ -225,8 +225,8 @@ def export(
     out: Annotated[Path, typer.Option(help="Directory to create.")],
 ) -> None:
     """Export item embeddings (.npy), id maps and every user's K interests."""
+    from hpcl4sr.run import load_run
     from hpcl4sr.serve.recommend import export_run
-    from hpcl4sr.train import load_run
 
     _, dataset, model, max_len = load_run(run)
     manifest = export_run(model, dataset, max_len, out)
@@ -247,7 +247,7 @@ def analyze_similarity(
     import numpy as np
 
     from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
-    from hpcl4sr.train import load_run
+    from hpcl4sr.run import load_run
 
     series = {}
     for path in run:
@@ -274,7 +274,7 @@ def analyze_repeats(
     Rates are the share of all such targets of the split found in the top-n, pooled over users.
     """
     from hpcl4sr.analysis import repeat_breakdown
-    from hpcl4sr.train import load_run
+    from hpcl4sr.run import load_run
 
     for path in run:
         config, dataset, model, max_len = load_run(path)

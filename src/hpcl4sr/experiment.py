@@ -42,7 +42,7 @@ from tqdm import tqdm
 from hpcl4sr.atomic import atomic_output, write_text
 from hpcl4sr.config import load_yaml
 from hpcl4sr.errors import UserError
-from hpcl4sr.train import config_for_run
+from hpcl4sr.run import config_for_run
 
 EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
 ROW_KEYS = {"model", "config", "set"}
@@ -242,7 +242,7 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 def _record_test_users(run: Path) -> None:
     """Per-user test metrics of best.pt, for paired significance tests; written once per cell."""
     from hpcl4sr.evaluate import user_metrics
-    from hpcl4sr.train import load_run
+    from hpcl4sr.run import load_run
 
     target = run / "test_users.npz"
     if target.is_file():

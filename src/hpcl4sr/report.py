@@ -221,7 +221,7 @@ def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, 
                        ) -> list[str]:
     """Figure 1 per dataset: the first seed's run of every row; mean similarity per row."""
     from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
-    from hpcl4sr.train import load_run
+    from hpcl4sr.run import load_run
 
     users = int(spec["similarity"].get("users", 128))
     lines: list[str] = []

@@ -18,6 +18,7 @@ import torch
 import hpcl4sr.train as trainer
 from hpcl4sr import distributed
 from hpcl4sr.evaluate import evaluate_model
+from hpcl4sr.run import config_for_run, load_run
 
 
 def main() -> None:
@@ -31,11 +32,11 @@ def main() -> None:
 
     settings = {"eval_every": 20, "log_every": 10, "batch_size": 32, "seed": 5, "device": "cpu",
                 "max_iters": max_iters}
-    config = trainer.config_for_run("comirec-sa", [{"data": {"path": str(data)}, "train": settings}])
+    config = config_for_run("comirec-sa", [{"data": {"path": str(data)}, "train": settings}])
     trainer.train(config, run, resume=resume, progress=False)
     torch.save(built[0].state_dict(), run.parent / f"rank{group.rank}.pt")
 
-    config, dataset, model, max_len = trainer.load_run(run, "best.pt", "cpu")
+    config, dataset, model, max_len = load_run(run, "best.pt", "cpu")
     metrics = evaluate_model(model, dataset, "test", max_len, batch_size=16)
     if group.is_main:
         (run.parent / "sharded_metrics.json").write_text(json.dumps(metrics))

@@ -14,7 +14,8 @@ import torch
 
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate import evaluate_model
-from hpcl4sr.train import config_for_run, load_run, train
+from hpcl4sr.run import config_for_run, load_run
+from hpcl4sr.train import train
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hpcl4sr.errors import UserError
-from hpcl4sr.train import config_for_run, train
+from hpcl4sr.run import config_for_run
+from hpcl4sr.train import train
 
 
 def run_config(data: Path, **train_overrides):

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from hpcl4sr.analysis import repeat_breakdown
-from hpcl4sr.train import build_model, config_for_run, open_dataset
+from hpcl4sr.run import build_model, config_for_run, open_dataset
 
 
 def test_repeat_breakdown_matches_brute_force(synthetic_dir):

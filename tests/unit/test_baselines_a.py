@@ -10,7 +10,7 @@ from hpcl4sr.data.dataset import Batch, SequenceDataset, TrainSampler
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.layers import dynamic_routing, hard_readout, squash
 from hpcl4sr.models.mind import label_aware_readout
-from hpcl4sr.train import build_model, config_for_run
+from hpcl4sr.run import build_model, config_for_run
 
 
 def build(name, synthetic_dir, model=None, seed=0):

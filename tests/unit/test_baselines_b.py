@@ -15,7 +15,7 @@ from hpcl4sr.errors import UserError
 from hpcl4sr.models.layers import full_softmax_loss, hard_readout, sample_negatives, sampled_softmax_loss
 from hpcl4sr.models.pimi import interval_buckets, resolve_time_unit
 from hpcl4sr.models.umi import PROFILE_FREE_MESSAGE
-from hpcl4sr.train import build_model, config_for_run
+from hpcl4sr.run import build_model, config_for_run
 
 DAY = 86_400
 

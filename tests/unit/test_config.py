@@ -4,7 +4,7 @@ import pytest
 
 from hpcl4sr.config import load_yaml, parse_assignments
 from hpcl4sr.errors import UserError
-from hpcl4sr.train import config_for_run
+from hpcl4sr.run import config_for_run
 
 
 def test_layers_override_in_order_and_parse_values():

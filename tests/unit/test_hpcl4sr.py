@@ -14,7 +14,7 @@ from hpcl4sr.data.sources import RawLog
 from hpcl4sr.errors import UserError
 from hpcl4sr.graph import category_cooccurrence, diffuse, diffusion_weights, normalise, training_graph
 from hpcl4sr.models.layers import angular_contrastive_loss, routing_regularization
-from hpcl4sr.train import build_model, config_for_run
+from hpcl4sr.run import build_model, config_for_run
 
 
 def test_a2_on_three_categories_by_hand():

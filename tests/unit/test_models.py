@@ -5,7 +5,8 @@ import torch
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.models import MODELS
-from hpcl4sr.train import build_model, config_for_run, make_optimizer
+from hpcl4sr.run import build_model, config_for_run
+from hpcl4sr.train import make_optimizer
 
 
 @pytest.fixture(params=sorted(MODELS))
