@@ -47,16 +47,13 @@ def repeat_breakdown(
     the top-n (`repeat_hit_rate`, `new_hit_rate`, in [0, 1]) and the share of top-n slots that hold an item
     of the history (`history_share`), with the protocol's history / target cut.
     """
-    from hpcl4sr.evaluate import topk_multi_interest
-
     model.eval()
     device = next(model.parameters()).device
-    item_table = model.item_embeddings()
     counts = dict.fromkeys(("repeat_targets", "repeat_hits", "new_targets", "new_hits", "history_slots", "slots"), 0)
     batches = dataset.eval_batches(split, batch_size, max_len)
     total = -(-len(dataset.eval_users(split)) // batch_size)
     for batch in tqdm(batches, total=total, desc=f"repeats {split}", disable=not progress, leave=False):
-        ranked, _, _ = topk_multi_interest(model.interests(batch.to(device)), item_table, n)
+        ranked, _, _ = model.rank(batch.to(device), n)
         for top, history, targets in zip(ranked.tolist(), batch.history.tolist(), batch.targets.tolist()):
             top, history, targets = set(top), set(history) - {0}, set(targets) - {0}
             counts["repeat_targets"] += len(targets & history)
@@ -116,7 +113,6 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
     The user must be a valid or test user: their history is the first 80% of the sequence and the
     targets the rest, as in evaluation. Hits are marked ✓; every item shows its category.
     """
-    from hpcl4sr.evaluate_core import topk_multi_interest
     from hpcl4sr.run import load_run
 
     loaded = [load_run(run) for run in runs]
@@ -142,8 +138,7 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
     columns = []
     for run, (config, _, model, _) in zip(runs, loaded):
         with torch.no_grad():
-            interests = model.interests(batch.to(next(model.parameters()).device))
-            ranked = topk_multi_interest(interests, model.item_embeddings(), top)[0][0].tolist()
+            ranked = model.rank(batch.to(next(model.parameters()).device), top)[0][0].tolist()
         hits = sum(item in set(targets) for item in ranked)
         columns.append((f"{config.model_name} ({Path(run).name}): {hits} hits",
                         [("✓ " if item in set(targets) else "") + named(item) for item in ranked]))

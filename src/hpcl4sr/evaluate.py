@@ -48,7 +48,6 @@ def user_metrics(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    item_table = model.item_embeddings()
     users = dataset.eval_users(split) if users is None else users
     starts = range(group.rank * batch_size, len(users), group.world * batch_size)
     mine = np.concatenate([users[start : start + batch_size] for start in starts] or [users[:0]])
@@ -57,7 +56,7 @@ def user_metrics(
     for batch in tqdm(batches, total=len(starts), desc=f"eval {split}", disable=not progress, leave=False):
         batch = batch.to(device)
         exclude = batch.history if filter_history else None
-        ranked, _, _ = topk_multi_interest(model.interests(batch), item_table, max(cutoffs), exclude=exclude)
+        ranked, _, _ = model.rank(batch, max(cutoffs), exclude=exclude)
         for key, value in batch_metric_values(ranked.cpu(), batch.targets.cpu(), cutoffs).items():
             values.setdefault(key, []).append(value)
     model.train(was_training)

@@ -5,7 +5,10 @@ one evaluator and one server serve them all:
 
 - `interests(batch) -> Tensor[B, K, d]` (K = 1 for single-vector models);
 - `item_embeddings() -> Tensor[n_items + 1, d]`, row 0 being padding;
-- `loss(batch) -> dict[str, Tensor]` with `total` and each named term (`rec`, `class`, `cl`, ...).
+- `loss(batch) -> dict[str, Tensor]` with `total` and each named term (`rec`, `class`, `cl`, ...);
+- `rank(batch, n, exclude) -> (items, scores, interest)`, the top-n items of each user. Every caller
+  (evaluation, recommendations, analyses) ranks through it; the default retrieves with each interest
+  over the item table and merges, and a model that scores items another way overrides it.
 
 A model is registered by name with its own frozen config dataclass, whose fields are the keys of the
 `model:` section of a run config.
@@ -22,6 +25,7 @@ from torch import nn
 
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
+from hpcl4sr.evaluate_core import topk_multi_interest
 from hpcl4sr.models.layers import NegativeReweighting, full_softmax_loss, hard_readout, sampled_softmax_loss
 
 MODELS: dict[str, type[SequentialRecommender]] = {}
@@ -76,6 +80,15 @@ class SequentialRecommender(nn.Module):
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_embedding.weight
+
+    def rank(
+        self, batch: Batch, n: int, exclude: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-n item ids [B, n], their scores and the interest that retrieved each, best first.
+
+        `exclude` [B, L] (0-padded item ids) never appear. Exact: see `topk_multi_interest`.
+        """
+        return topk_multi_interest(self.interests(batch), self.item_embeddings(), n, exclude=exclude)
 
     def recommendation_loss(
         self, user_vectors: torch.Tensor, target: torch.Tensor, reweight: NegativeReweighting | None = None

@@ -18,7 +18,6 @@ from tqdm import tqdm
 from hpcl4sr.atomic import atomic_directory
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
-from hpcl4sr.evaluate_core import topk_multi_interest
 from hpcl4sr.models.base import SequentialRecommender
 
 
@@ -36,7 +35,7 @@ def recommend(
     user = dataset.user_index(raw_user)
     device = next(model.parameters()).device
     batch = _full_history_batch(dataset, np.array([user]), max_len).to(device)
-    items, scores, interest = topk_multi_interest(model.interests(batch), model.item_embeddings(), n)
+    items, scores, interest = model.rank(batch, n)
     item_ids, category_ids = dataset.raw_ids("item"), dataset.raw_ids("category")
     history = batch.history[0][batch.mask[0]].tolist()
     return {
