@@ -42,13 +42,14 @@ def normalise(counts: np.ndarray) -> np.ndarray:
 
 
 def diffusion_weights(alpha: float, hops: int) -> np.ndarray:
-    """theta_i = alpha (1 - alpha)^i for i < hops, and the remainder (1 - alpha)^hops on the last power.
+    """theta_i = alpha (1 - alpha)^i for i = 0..hops, renormalised to sum to 1 (eq. 2's constraint).
 
-    Personalised-PageRank weights truncated at `hops` so that they sum to exactly 1 (eq. 2's constraint).
+    Personalised-PageRank weights truncated at `hops`. Renormalising the truncated series keeps
+    theta_i > theta_{i+1}, as the paper states; putting the remainder (1 - alpha)^hops on the last power
+    instead would give hop 4 a weight of 0.52 at alpha 0.15, the largest of all.
     """
     theta = alpha * (1.0 - alpha) ** np.arange(hops + 1)
-    theta[hops] = (1.0 - alpha) ** hops
-    return theta
+    return theta / theta.sum()
 
 
 def diffuse(a2: np.ndarray, alpha: float, hops: int) -> np.ndarray:

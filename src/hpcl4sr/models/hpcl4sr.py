@@ -100,7 +100,9 @@ class HPCL4SR(SequentialRecommender):
         self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
         self.context = nn.Linear(dim, dim)
         if config.low_extractor == "capsule":
-            self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations)
+            # REMI's regulariser (`cr`) needs a coupling that carries a gradient; the plain routing's has none.
+            self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations,
+                                          differentiable_coupling=config.routing_reg > 0)
         else:
             self.low_attention = MultiInterestSelfAttention(dim, config.interests)
         if config.lambda_class > 0:

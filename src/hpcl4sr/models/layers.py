@@ -158,13 +158,15 @@ class CapsuleRouting(nn.Module):
     into interest capsules squash(sum_j c_jk u_hat[j, k]), and b grows by the agreement u_hat . interest.
     All rounds but the last see u_hat through a stop-gradient, as in ComiRec. Padded positions get
     coupling 0, so padding never changes an interest. `forward` returns (interests [B, K, d],
-    coupling [B, K, L]).
+    coupling [B, K, L]); with `differentiable_coupling` the coupling carries a gradient (see
+    `dynamic_routing`), for a loss on it such as REMI's routing regulariser.
     """
 
-    def __init__(self, dim: int, interests: int, iterations: int = 3) -> None:
+    def __init__(self, dim: int, interests: int, iterations: int = 3, differentiable_coupling: bool = False) -> None:
         super().__init__()
         self.iterations = iterations
         self.interests = interests
+        self.differentiable_coupling = differentiable_coupling
         # The K maps S_k side by side, [d, K*d]: one matmul makes every item capsule, already laid out
         # [B, L, K, d] (an einsum over a [K, d, d] tensor cost permuted copies, twice the step time).
         self.maps = nn.Parameter(torch.randn(dim, interests * dim) * dim**-0.5)
@@ -173,11 +175,11 @@ class CapsuleRouting(nn.Module):
         batch, length, dim = features.shape
         item_capsules = (features @ self.maps).view(batch, length, self.interests, dim)
         logits = features.new_zeros(batch, length, self.interests)
-        return dynamic_routing(item_capsules, logits, mask, self.iterations)
+        return dynamic_routing(item_capsules, logits, mask, self.iterations, self.differentiable_coupling)
 
 
-def dynamic_routing(item_capsules: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, iterations: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def dynamic_routing(item_capsules: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, iterations: int,
+                    differentiable_coupling: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The routing loop shared by ComiRec-DR (`CapsuleRouting`, logits from 0) and MIND (Gaussian logits).
 
     item_capsules [B, L, K, d] are the predictions u_hat (MIND passes one shared prediction expanded over
@@ -187,9 +189,15 @@ def dynamic_routing(item_capsules: torch.Tensor, logits: torch.Tensor, mask: tor
     stop-gradient (ComiRec's code), so the gradient reaches u_hat only through the last round's sum.
     Because the coupling is 0 at padding, neither the predictions nor the logits there can change an
     interest. Returns (interests [B, K, d], coupling [B, K, L]).
+
+    The stop-gradient leaves the returned coupling without any gradient, so a loss on it would train
+    nothing. `differentiable_coupling` rebuilds the same logits with the agreements taken on the live
+    predictions u_hat: the coupling's values are unchanged (so are the interests and their gradients),
+    but a loss on it now reaches the maps and the features behind u_hat.
     """
     frozen = item_capsules.detach()
     valid = mask[:, :, None]
+    live_logits = logits
     for round_ in range(iterations):
         coupling = torch.softmax(logits, dim=2) * valid  # [B, L, K]
         last = round_ == iterations - 1
@@ -197,6 +205,10 @@ def dynamic_routing(item_capsules: torch.Tensor, logits: torch.Tensor, mask: tor
         interests = squash((capsules * coupling[..., None]).sum(dim=1))  # [B, K, d]
         if not last:
             logits = logits + (frozen * interests[:, None]).sum(dim=-1)
+            if differentiable_coupling:
+                live_logits = live_logits + (item_capsules * interests[:, None]).sum(dim=-1)
+    if differentiable_coupling:
+        coupling = torch.softmax(live_logits, dim=2) * valid
     return interests, coupling.transpose(1, 2)
 
 
