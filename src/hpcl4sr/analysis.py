@@ -68,8 +68,19 @@ def repeat_breakdown(
             "history_share": counts["history_slots"] / max(counts["slots"], 1)}
 
 
-def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path) -> None:
-    """One histogram per run on shared bins, written atomically to `out` (format from its suffix)."""
+def similarity_summary(values: np.ndarray) -> dict[str, float | int]:
+    """Users, pairs, the mean and the 10th / 50th / 90th percentiles of `interest_similarities`' output."""
+    p10, median, p90 = np.quantile(values, [0.1, 0.5, 0.9]).round(4).tolist()
+    return {"users": int(values.shape[0]), "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4),
+            "p10": p10, "median": median, "p90": p90}
+
+
+def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path, dataset: str) -> None:
+    """One step outline per run on shared bins, written atomically to `out` (format from its suffix).
+
+    Each array is [users, K(K-1)/2] (see `interest_similarities`); the legend gives each run's K and mean,
+    the title the dataset and the number of users, so the figure reads on its own.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,11 +89,17 @@ def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path) -> None:
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     bins = np.linspace(-1.0, 1.0, 41)
     for label, values in series.items():
-        axes.hist(values.ravel(), bins=bins, alpha=0.55, label=f"{label} (mean {values.mean():.3f})")
+        k = round((1 + (1 + 8 * values.shape[1]) ** 0.5) / 2)  # pairs = K(K-1)/2
+        # shares rather than counts: a run with more interests has more pairs per user
+        axes.hist(values.ravel(), bins=bins, weights=np.full(values.size, 1 / values.size), histtype="step",
+                  linewidth=1.6,
+                  label=f"{label}: K = {k}, mean {values.mean():.3f}")
+    users = sorted({values.shape[0] for values in series.values()})
     axes.set_xlabel("cosine similarity between two interests of a user")
-    axes.set_ylabel("interest pairs")
-    axes.set_title("Interest similarity (paper Figure 1)")
-    axes.legend()
+    axes.set_ylabel("share of interest pairs")
+    axes.set_title(f"Interest similarity (paper Figure 1): {dataset}, "
+                   f"{' / '.join(str(n) for n in users)} random test users", fontsize=10)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     with atomic_output(Path(out)) as temporary:
         figure.savefig(temporary, dpi=120)

@@ -244,22 +244,18 @@ def analyze_similarity(
 
     Prints one JSON line per run with the mean similarity and its 10th, 50th and 90th percentiles.
     """
-    import numpy as np
-
-    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
+    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram, similarity_summary
     from hpcl4sr.run import load_run
 
     series = {}
+    names = [path.name for path in run]
     for path in run:
         config, dataset, model, max_len = load_run(path)
         values = interest_similarities(model, dataset, max_len, users, seed)
-        label = f"{config.model_name} ({path.name})"
-        series[label] = values
-        percentiles = dict(zip(("p10", "median", "p90"), np.quantile(values, [0.1, 0.5, 0.9]).round(4).tolist()))
-        typer.echo(json.dumps({"run": str(path), "model": config.model_name, "users": values.shape[0],
-                               "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4),
-                               **percentiles}))
-    plot_similarity_histogram(series, out)
+        # runs of one grid share their last folder name (s1, s2, ...): then the whole path tells them apart
+        series[f"{config.model_name} ({path.name if names.count(path.name) == 1 else path})"] = values
+        typer.echo(json.dumps({"run": str(path), "model": config.model_name, **similarity_summary(values)}))
+    plot_similarity_histogram(series, out, dataset.path.name)
     typer.echo(f"wrote {out}")
 
 

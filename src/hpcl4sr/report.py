@@ -134,34 +134,68 @@ def _pyplot():
     return plt
 
 
-def plot_sweeps(groups: dict[tuple[str, str, str | None], list[dict[str, Any]]], sweep: dict[str, list[Any]],
-                datasets: list[str], row: str, out: Path) -> None:
-    """Figures 4 and 5: NDCG@50 (mean over seeds) against each swept value, one panel per key."""
+def _swept_default(out: Path, groups: dict[tuple[str, str, str | None], list[dict[str, Any]]], dataset: str,
+                   row: str, key: str) -> Any:
+    """The value `key` takes in the row's own config: read from a cell of the row that swept another key."""
+    for (cell_dataset, cell_row, variant), runs in groups.items():
+        if cell_dataset == dataset and cell_row == row and variant and not variant.startswith(f"{key}="):
+            config = yaml.safe_load((out / runs[0]["run"] / "config.yaml").read_text())
+            section, _, name = key.partition(".")
+            return config.get(section, {}).get(name)
+    return None
+
+
+def plot_sweeps(out: Path, groups: dict[tuple[str, str, str | None], list[dict[str, Any]]],
+                sweep: dict[str, list[Any]], datasets: list[str], row: str, figure_path: Path) -> None:
+    """Figures 4 and 5: NDCG@50 against each swept value, one panel per key on a shared y-axis.
+
+    Points are the mean over seeds with ± one standard deviation when there are several; a dotted line
+    marks the row's own (default) value of each key, and the title states the budget and the seeds.
+    """
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(sweep), figsize=(3.6 * len(sweep), 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(sweep), figsize=(3.6 * len(sweep), 3.6), squeeze=False, sharey=True)
+    seeds: set[int] = set()
+    cells: list[dict[str, Any]] = []
     for axis, (key, values) in zip(axes[0], sweep.items()):
         for dataset in datasets:
-            points = [(i, _mean_std(groups[(dataset, row, f"{key}={value}")], "ndcg@50")[0])
-                      for i, value in enumerate(values) if (dataset, row, f"{key}={value}") in groups]
+            points = []
+            for i, value in enumerate(values):
+                runs = groups.get((dataset, row, f"{key}={value}"))
+                if runs:
+                    points.append((i, *_mean_std(runs, "ndcg@50")))
+                    seeds.update(run["seed"] for run in runs)
+                    cells += runs
             if points:
-                axis.plot(*zip(*points), marker="o", label=dataset)
+                x, mean, std = zip(*points)
+                axis.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=dataset)
+            default = _swept_default(out, groups, dataset, row, key)
+            if default is not None and default in values:
+                axis.axvline(values.index(default), color="grey", linestyle=":", linewidth=1)
         axis.set_xticks(range(len(values)), [str(value) for value in values], rotation=45)
-        axis.set_xlabel(key)
-        axis.set_ylabel("NDCG@50 (%)")
+        axis.set_xlabel(f"{key} (dotted: default)")
         axis.legend(fontsize=8)
+    axes[0][0].set_ylabel("test NDCG@50 (%)")
+    iterations = sorted({train[0] for train in _cell_budgets(out, cells)})
+    figure.suptitle(f"{row}: mean over {len(seeds)} seed(s) ({', '.join(map(str, sorted(seeds)))}), "
+                    f"at most {', '.join(f'{n:,}' for n in iterations)} iterations", fontsize=10)
     figure.tight_layout()
-    with atomic_output(out) as temporary:
+    with atomic_output(figure_path) as temporary:
         figure.savefig(temporary, dpi=120)
     plt.close(figure)
 
 
+def _cell_budgets(out: Path, runs: list[dict[str, Any]]) -> set[tuple[int, int, int]]:
+    """(max_iters, patience, batch_size) of each run, read from its saved config."""
+    budgets = set()
+    for run in runs:
+        train = yaml.safe_load((out / run["run"] / "config.yaml").read_text())["train"]
+        budgets.add((train["max_iters"], train["patience"], train["batch_size"]))
+    return budgets
+
+
 def _budget(out: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
     """The iteration caps, batch sizes and patience the cells ran with, read from their saved configs."""
-    budgets = set()
-    for runs in rows.values():
-        for run in runs:
-            train = yaml.safe_load((out / run["run"] / "config.yaml").read_text())["train"]
-            budgets.add((train["max_iters"], train["patience"], train["batch_size"]))
+    budgets = _cell_budgets(out, [run for runs in rows.values() for run in runs])
     return "; ".join(f"at most {iters:,} iterations of batch {batch}, early stopping after {patience} validations "
                      "without a better valid recall@50" for iters, patience, batch in sorted(budgets))
 
@@ -197,7 +231,7 @@ def write_report(out: Path) -> Path:
     if spec.get("sweep"):
         for row in spec["rows"]:
             figure = out / "figures" / f"sweep_{row}.png"
-            plot_sweeps(groups, spec["sweep"], spec["datasets"], row, figure)
+            plot_sweeps(out, groups, spec["sweep"], spec["datasets"], row, figure)
             swept = {f"{dataset}/{variant}": runs for (dataset, name, variant), runs in groups.items()
                      if name == row and variant is not None}
             sections += [f"## Sweeps of {row}", "", f"![NDCG@50 against each swept value](figures/{figure.name})", "",
@@ -235,7 +269,7 @@ def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, 
         if not series:
             continue
         figure = out / "figures" / f"similarity_{dataset}.png"
-        plot_similarity_histogram(series, figure)
+        plot_similarity_histogram(series, figure, dataset)
         lines += [f"## Interest similarity on {dataset} (Figure 1)", "",
                   f"![similarity histogram](figures/{figure.name})", "",
                   "| model | mean cosine between a user's interests |", "|---|---|"]

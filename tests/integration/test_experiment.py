@@ -18,7 +18,7 @@ from hpcl4sr.analysis import case_study
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment import load_experiment, read_results, run_experiment
-from hpcl4sr.report import metrics_table, paired_bootstrap, write_report
+from hpcl4sr.report import _grouped, _swept_default, metrics_table, paired_bootstrap, write_report
 
 TINY = {"train.max_iters": 30, "train.eval_every": 15, "train.log_every": 15, "train.batch_size": 32,
         "train.device": "cpu"}
@@ -81,6 +81,9 @@ def test_sweep_varies_one_key_at_a_time_and_draws_it(synthetic_dir, tmp_path):
     report = write_report(out).read_text()
     assert "figures/sweep_sa.png" in report and (out / "figures/sweep_sa.png").stat().st_size > 1000
     assert "Budget: at most 30 iterations of batch 32" in report
+    groups = _grouped(results)  # the figure's dotted line marks each key's default, read from the other key's cells
+    assert _swept_default(out, groups, "synthetic", "sa", "model.negatives") == 10
+    assert _swept_default(out, groups, "synthetic", "sa", "model.interests") == 4
 
 
 def test_killed_experiment_resumes_without_redoing_finished_cells(synthetic_dir, tmp_path):
