@@ -4,10 +4,12 @@ top-n splits between repeat items (already in the user's history) and new ones."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from hpcl4sr.atomic import atomic_output
@@ -107,6 +109,25 @@ def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path, dataset:
 
 
 SUMMARY_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "ndcg_std@20", "ndcg_std@50", "hr@20", "hr@50")
+
+
+def group_runs(runs: list[Path]) -> dict[str, list[dict[str, float]]]:
+    """Test metrics of finished runs grouped by their config less train.seed: the seeds of one setting.
+
+    Each group is labelled by its model and first run.
+    """
+    groups: dict[str, list[dict[str, float]]] = {}
+    labels: dict[str, str] = {}
+    for path in runs:
+        metrics_file = path / "test_metrics.json"
+        if not metrics_file.is_file():
+            raise UserError(f"{metrics_file}: not found; has the run finished training?")
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["train"].pop("seed", None)
+        key = json.dumps(config, sort_keys=True)
+        labels.setdefault(key, f"{config['model_name']} ({path})")
+        groups.setdefault(key, []).append(json.loads(metrics_file.read_text()))
+    return {labels[key]: metrics for key, metrics in groups.items()}
 
 
 def summarize_runs(test_metrics: dict[str, list[dict[str, float]]]) -> str:

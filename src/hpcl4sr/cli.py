@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,8 +46,7 @@ def models() -> None:
     from hpcl4sr.models import MODELS
 
     for name, cls in sorted(MODELS.items()):
-        summary = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:12s} {summary}")
+        typer.echo(f"{name:12s} {cls.summary()}")
 
 
 @app.command()
@@ -287,22 +285,9 @@ def analyze_summary(
 
     Runs are grouped by their config with train.seed removed, so seeds of one setting form one row.
     """
-    import yaml
+    from hpcl4sr.analysis import group_runs, summarize_runs
 
-    from hpcl4sr.analysis import summarize_runs
-
-    groups: dict[str, list[dict[str, float]]] = {}
-    labels: dict[str, str] = {}
-    for path in run:
-        metrics_file = path / "test_metrics.json"
-        if not metrics_file.is_file():
-            raise UserError(f"{metrics_file}: not found; has the run finished training?")
-        config = yaml.safe_load((path / "config.yaml").read_text())
-        config["train"].pop("seed", None)
-        key = json.dumps(config, sort_keys=True)
-        labels.setdefault(key, f"{config['model_name']} ({path})")
-        groups.setdefault(key, []).append(json.loads(metrics_file.read_text()))
-    typer.echo(summarize_runs({labels[key]: runs for key, runs in groups.items()}))
+    typer.echo(summarize_runs(group_runs(run)))
 
 
 @experiment_app.command("run")

@@ -59,3 +59,10 @@ def test_fifty_steps_lower_the_loss(model_and_batch, synthetic_dir):
         losses.append(total.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_summary_is_the_whole_first_paragraph(name):
+    # `hpcl4sr models` prints it: a citation wrapped over two lines must not be cut at the line break
+    summary = MODELS[name].summary()
+    assert "\n" not in summary and summary.endswith(".") and summary.count("(") == summary.count(")")

@@ -16,6 +16,7 @@ A model is registered by name with its own frozen config dataclass, whose fields
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -74,6 +75,12 @@ class SequentialRecommender(nn.Module):
             nn.init.normal_(self.item_embedding.weight, std=config.dim**-0.5)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first paragraph of the model's docstring (its module's when the class has none): its paper."""
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+        return " ".join(doc.strip().split("\n\n")[0].split())
 
     def interests(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

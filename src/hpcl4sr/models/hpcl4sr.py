@@ -1,5 +1,6 @@
 """HPCL4SR (Zhu et al., "High-level preferences as positive examples in contrastive learning for
-multi-interest sequential recommendation", World Wide Web 2024), as ../shared/DESIGN.md §4 settles it.
+multi-interest sequential recommendation", World Wide Web 2024); docs/design-notes.md settles what the
+paper leaves open.
 
 Read top to bottom, a forward pass is:
 1. high-level interests Q_u: category embeddings are propagated over the diffused category graph of the
