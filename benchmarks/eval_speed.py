@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from hpcl4sr.evaluate_core import topk_multi_interest
+from hpcl4sr.retrieval import topk_multi_interest
 
 
 def timed(run_batch: Callable[[int, int], object], users: int, batch_size: int, device: torch.device) -> float:

@@ -1,7 +1,7 @@
 """Evaluate a model on a split: exact chunked top-k over all items, the K-interest merge, the metrics.
 
-The pure pieces (per-user `rank_metrics`, `topk_multi_interest`, `batch_metric_values`) live in
-`evaluate_core` and are re-exported here; this module feeds them a model and a dataset.
+The pure pieces live in `retrieval` (the exact top-k and the merge, behind each model's `rank`) and
+`metrics` (`rank_metrics`, `batch_metric_values`); this module feeds them a model and a dataset.
 
 Under torchrun the users are sharded over the ranks in whole evaluation batches (so every batch is
 computed exactly as one process computes it) and the per-user metrics gathered; means are taken with
@@ -19,10 +19,8 @@ from tqdm import tqdm
 
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.distributed import ProcessGroup, current_group
-from hpcl4sr.evaluate_core import batch_metric_values, rank_metrics, topk_multi_interest
+from hpcl4sr.metrics import batch_metric_values
 from hpcl4sr.models.base import SequentialRecommender
-
-__all__ = ["batch_metric_values", "evaluate_model", "rank_metrics", "topk_multi_interest", "user_metrics"]
 
 CUTOFFS = (20, 50)
 

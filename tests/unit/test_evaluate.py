@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcl4sr.evaluate_core import batch_metric_values, rank_metrics, topk_multi_interest
+from hpcl4sr.metrics import batch_metric_values, rank_metrics
+from hpcl4sr.retrieval import topk_multi_interest
 
 INV_LOG2_3 = 1.0 / math.log2(3)  # discount of rank 2
 METRICS = ("recall", "hr", "ndcg", "ndcg_std")

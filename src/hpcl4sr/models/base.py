@@ -26,8 +26,8 @@ from torch import nn
 
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
-from hpcl4sr.evaluate_core import topk_multi_interest
 from hpcl4sr.models.layers import NegativeReweighting, full_softmax_loss, hard_readout, sampled_softmax_loss
+from hpcl4sr.retrieval import topk_multi_interest
 
 MODELS: dict[str, type[SequentialRecommender]] = {}
 
