@@ -49,6 +49,20 @@ def models() -> None:
         typer.echo(f"{name:12s} {cls.summary()}")
 
 
+@app.command("config")
+def show_config(
+    model: Annotated[str, typer.Option(help="Model name (see `hpcl4sr models`).")],
+    config: Annotated[list[Path] | None, typer.Option(help="YAML file of overrides; repeatable.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override SECTION.KEY=VALUE; repeatable.")] = [],
+) -> None:
+    """Print every key of a run config with its value and description, as YAML `--config` reads back."""
+    from hpcl4sr.config import describe, load_yaml, parse_assignments
+    from hpcl4sr.run import config_for_run
+
+    layers = [load_yaml(path) for path in config or []]
+    typer.echo(describe(config_for_run(model, [*layers, parse_assignments(set_)])), nl=False)
+
+
 @app.command()
 def prepare(
     source: Annotated[str, typer.Option(help="Reader: tafeng, tmall, amazon, taobao, sequences, csv, parquet.")],

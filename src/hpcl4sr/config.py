@@ -20,21 +20,37 @@ from hpcl4sr.errors import UserError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The trainer's settings; the defaults are the paper's (Adam, lr 1e-3, batch 128)."""
+    """The trainer's settings; the defaults are the paper's (Adam, lr 1e-3, batch 128).
+
+    Attributes:
+        batch_size: training samples per step (per process under torchrun).
+        lr: Adam's learning rate.
+        weight_decay: Adam's L2 penalty.
+        max_iters: the step budget; training stops earlier when early stopping says so.
+        eval_every: steps between validations (each one writes last.pt, and best.pt when better).
+        patience: validations without a better valid recall@50 before stopping.
+        seed: seeds the initialisation, the batch sampling and the negatives.
+        device: auto (CUDA when present) | cpu | cuda.
+        log_every: steps between the training-loss records of metrics.jsonl.
+        eval_batch_size: users per evaluation batch.
+        threads: torch intra-op threads; 0 keeps torch's default.
+        precision: fp32 | bf16 (autocast of the training step; evaluation stays fp32).
+        compile: torch.compile the training step.
+    """
 
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_iters: int = 60_000
     eval_every: int = 1_000
-    patience: int = 10  # evaluations without a better valid recall@50 before stopping
+    patience: int = 10
     seed: int = 2024
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"
     log_every: int = 100
     eval_batch_size: int = 1024
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the training step; evaluation stays fp32)
-    compile: bool = False  # torch.compile the training step
+    threads: int = 0
+    precision: str = "fp32"
+    compile: bool = False
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -50,11 +66,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How training and evaluation samples are cut from the prepared sequences."""
+    """How training and evaluation samples are cut from the prepared sequences.
 
-    path: str = ""  # the prepared dataset directory; filled from --data
-    max_len: int = 0  # 0: the value recorded by `prepare` in meta.json (30 Ta-Feng/Amazon, 20 Tmall)
-    min_history: int = 4  # a training cut k is drawn uniformly from [min_history, len)
+    Attributes:
+        path: the prepared dataset directory (`hpcl4sr prepare`); filled from --data.
+        max_len: history length; 0 takes the value `prepare` recorded (30 Ta-Feng / Amazon, 20 Tmall).
+        min_history: a training cut k is drawn uniformly from [min_history, len).
+    """
+
+    path: str = ""
+    max_len: int = 0
+    min_history: int = 4
 
     def validate(self) -> None:
         if self.max_len < 0 or self.min_history < 1:
@@ -75,6 +97,39 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
         }
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the `Attributes:` sections of `cls`'s docstring and its bases'."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        lines = (klass.__dict__.get("__doc__") or "").splitlines()
+        if "    Attributes:" not in lines:
+            continue
+        name = None
+        for line in lines[lines.index("    Attributes:") + 1:]:
+            if line.startswith("        ") and not line.startswith("         ") and ":" in line:
+                name, _, text = line.strip().partition(":")
+                docs[name] = text.strip()
+            elif line.startswith("            ") and name:  # a description's continuation line
+                docs[name] += " " + line.strip()
+            elif line.strip():
+                break
+    return docs
+
+
+def describe(config: RunConfig) -> str:
+    """`config` as YAML that `--config` reads back, each key commented with its description."""
+    lines = [f"model_name: {config.model_name}"]
+    for section in ("train", "data", "model"):
+        values = getattr(config, section)
+        docs = field_docs(type(values))
+        lines.append(f"{section}:")
+        for item in dataclasses.fields(values):
+            value = yaml.safe_dump(getattr(values, item.name), default_flow_style=True).strip()
+            value = value.removesuffix("\n...").strip()
+            lines.append(f"  {item.name}: {value}  # {docs.get(item.name, '')}".rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:

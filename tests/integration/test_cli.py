@@ -10,7 +10,7 @@ import pytest
 
 from hpcl4sr.data.dataset import SequenceDataset
 
-COMMANDS = [[], ["models"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"], ["analyze"],
+COMMANDS = [[], ["models"], ["config"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"], ["analyze"],
             ["analyze", "similarity"], ["analyze", "summary"], ["analyze", "repeats"],
             ["data"], ["data", "fetch"], ["data", "stats"], ["data", "synth"]]
 

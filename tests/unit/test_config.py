@@ -1,9 +1,12 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hpcl4sr.config import load_yaml, parse_assignments
+from hpcl4sr.config import describe, field_docs, load_yaml, parse_assignments
 from hpcl4sr.errors import UserError
+from hpcl4sr.models import MODELS
 from hpcl4sr.run import config_for_run
 
 
@@ -50,3 +53,14 @@ def test_yaml_error_names_line(tmp_path: Path):
     path.write_text("train:\n  lr: [1, 2\n")
     with pytest.raises(UserError, match=r"bad.yaml line \d+"):
         load_yaml(path)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_config_field_is_documented_and_described_yaml_reads_back(name):
+    config = config_for_run(name, [{"train": {"lr": 5e-4}}])
+    for section in (config.train, config.data, config.model):
+        missing = {f.name for f in dataclasses.fields(section)} - set(field_docs(type(section)))
+        assert not missing, f"{type(section).__name__} documents no {sorted(missing)}"
+    text = describe(config)
+    assert yaml.safe_load(text) == config.to_dict()  # comments aside, it is a config `--config` accepts
+    assert "  lr: 0.0005  # Adam's learning rate." in text

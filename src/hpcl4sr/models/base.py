@@ -34,14 +34,23 @@ MODELS: dict[str, type[SequentialRecommender]] = {}
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters shared by every model; a model's own config subclasses this."""
+    """Hyper-parameters shared by every model; a model's own config subclasses this.
+
+    Attributes:
+        dim: embedding size d.
+        interests: K, the number of interest vectors per user (1 for single-vector models).
+        loss: sampled (softmax over shared sampled negatives) | full (softmax over every item).
+        negatives: sampled negatives per batch = negatives x batch size, shared by the batch.
+        sampler: log_uniform (over popularity ranks, log-Q corrected) | uniform.
+        embedding_init: glorot (TensorFlow's default, as ComiRec) | normal (N(0, 1/d)).
+    """
 
     dim: int = 64
     interests: int = 4
-    loss: str = "sampled"  # sampled | full
-    negatives: int = 10  # sampled negatives per batch = negatives * batch size, shared by the batch
-    sampler: str = "log_uniform"  # log_uniform (over popularity ranks, log-Q corrected) | uniform
-    embedding_init: str = "glorot"  # glorot: TensorFlow's default, as ComiRec | normal: N(0, 1/d)
+    loss: str = "sampled"
+    negatives: int = 10
+    sampler: str = "log_uniform"
+    embedding_init: str = "glorot"
 
     def validate(self) -> None:
         if self.loss not in ("sampled", "full"):

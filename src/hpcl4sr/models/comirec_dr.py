@@ -33,6 +33,12 @@ from hpcl4sr.models.layers import CapsuleRouting
 
 @dataclass(frozen=True)
 class ComiRecDRConfig(ModelConfig):
+    """ComiRec-DR's settings, beside `ModelConfig`'s.
+
+    Attributes:
+        routing_iterations: rounds of dynamic routing (3, as the authors).
+    """
+
     routing_iterations: int = 3
 
     def validate(self) -> None:

@@ -43,23 +43,42 @@ from hpcl4sr.models.layers import (
 
 @dataclass(frozen=True)
 class HPCL4SRConfig(ModelConfig):
-    lambda_class: float = 0.1  # lambda1 of eq. 20
-    lambda_cl: float = 1.0  # lambda2 of eq. 20
-    temperature: float = 0.05  # tau of eq. 15
-    margin: float = 10.0  # m of eq. 15, in degrees
-    alpha: float = 0.15  # teleport probability of the diffusion weights theta_i = alpha (1 - alpha)^i
-    hops: int = 4  # powers of A2 in eq. 2
-    gcn_layers: int = 2  # L of eq. 3-4
+    """HPCL4SR's settings, beside `ModelConfig`'s; the defaults are the paper's.
+
+    Attributes:
+        lambda_class: lambda1 of eq. 20, the weight of the category loss (eq. 11-12).
+        lambda_cl: lambda2 of eq. 20, the weight of the contrastive loss (eq. 15-17).
+        temperature: tau of eq. 15.
+        margin: m of eq. 15, the additive angular margin, in degrees.
+        alpha: teleport probability of the diffusion weights theta_i proportional to alpha (1 - alpha)^i.
+        hops: powers of A2 in eq. 2.
+        gcn_layers: L of eq. 3-4.
+        routing_iterations: rounds of the capsule routing of eq. 10.
+        low_extractor: capsule (P_u by dynamic routing, eq. 10, the paper) | attention (ComiRec-SA's K-head
+            attention over Z, aggregating the item embeddings; a departure, docs/design-notes.md).
+        high_level: the category-graph path (eq. 1-6); false for the `base` variants.
+        high_pool: attention (W of eq. 6 is a masked K-head attention) | linear (a learned K x N matrix).
+        fusion: mlp (eq. 13) | add | mul (Table 3's ablations).
+        class_mode: supervised | reversed (a gradient-reversal layer before the classifier).
+        routing_reg: weight of REMI's routing regulariser on the coupling (the `cr` variant).
+        serve: fused (retrieve with M_u) | low (with P_u).
+    """
+
+    lambda_class: float = 0.1
+    lambda_cl: float = 1.0
+    temperature: float = 0.05
+    margin: float = 10.0
+    alpha: float = 0.15
+    hops: int = 4
+    gcn_layers: int = 2
     routing_iterations: int = 3
-    # capsule: P_u by dynamic routing (eq. 10, the paper) | attention: ComiRec-SA's K-head attention over Z,
-    # aggregating the item embeddings (a departure, docs/design-notes.md)
     low_extractor: str = "capsule"
-    high_level: bool = True  # the category-graph path; false for the `base` variants
-    high_pool: str = "attention"  # attention: W of eq. 6 is a masked K-head attention | linear: a K x N matrix
-    fusion: str = "mlp"  # mlp (eq. 13) | add | mul
-    class_mode: str = "supervised"  # supervised | reversed (a gradient-reversal layer before the classifier)
-    routing_reg: float = 0.0  # weight of REMI's routing regulariser on the coupling (the `cr` variant)
-    serve: str = "fused"  # retrieve with M_u (fused) or P_u (low)
+    high_level: bool = True
+    high_pool: str = "attention"
+    fusion: str = "mlp"
+    class_mode: str = "supervised"
+    routing_reg: float = 0.0
+    serve: str = "fused"
 
     def validate(self) -> None:
         super().validate()

@@ -52,11 +52,21 @@ from hpcl4sr.models.layers import dynamic_routing
 
 @dataclass(frozen=True)
 class MINDConfig(ModelConfig):
+    """MIND's settings, beside `ModelConfig`'s.
+
+    Attributes:
+        routing_iterations: rounds of dynamic routing.
+        routing_sigma: standard deviation of the Gaussian initial routing logits.
+        relu_layer: the dense ReLU layer on the interest capsules.
+        readout: label_aware (the paper) | hard (what ComiRec's MIND trains with).
+        label_aware_power: p of the label-aware attention, a whole number >= 0.
+    """
+
     routing_iterations: int = 3
-    routing_sigma: float = 1.0  # standard deviation of the Gaussian initial routing logits
-    relu_layer: bool = True  # the dense ReLU layer on the interest capsules
-    readout: str = "label_aware"  # label_aware (the paper) | hard (what ComiRec's MIND trains with)
-    label_aware_power: float = 1.0  # p of the label-aware attention, a whole number >= 0
+    routing_sigma: float = 1.0
+    relu_layer: bool = True
+    readout: str = "label_aware"
+    label_aware_power: float = 1.0
 
     def validate(self) -> None:
         super().validate()

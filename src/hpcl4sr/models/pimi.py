@@ -63,10 +63,19 @@ MONTH_START = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
 
 @dataclass(frozen=True)
 class PIMIConfig(ModelConfig):
-    time_span: int = 64  # intervals are clipped at this many days (the authors' default)
-    time_unit: str = "auto"  # what a stored time is: auto | second | day | mmdd
-    blocks: int = 3  # star-topology blocks
-    heads: int = 4  # heads of the graph's multi-head attention
+    """PIMI's settings, beside `ModelConfig`'s.
+
+    Attributes:
+        time_span: time intervals are clipped at this many days (the authors' default).
+        time_unit: what a stored time is: auto (from the dataset's source) | second | day | mmdd.
+        blocks: star-topology blocks.
+        heads: heads of the graph's multi-head attention.
+    """
+
+    time_span: int = 64
+    time_unit: str = "auto"
+    blocks: int = 3
+    heads: int = 4
 
     def validate(self) -> None:
         super().validate()

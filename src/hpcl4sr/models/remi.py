@@ -40,8 +40,15 @@ from hpcl4sr.models.layers import NEG_INF, hard_readout, routing_regularization
 
 @dataclass(frozen=True)
 class REMIConfig(ModelConfig):
-    routing_reg: float = 100.0  # lambda of the routing regulariser (RR)
-    beta: float = 1.0  # hardness of the interest-aware hard negatives (IHN); 0 turns IHN off
+    """REMI's settings, beside `ModelConfig`'s.
+
+    Attributes:
+        routing_reg: lambda of the routing regulariser (RR) on the attention.
+        beta: hardness of the interest-aware hard negatives (IHN); 0 turns IHN off.
+    """
+
+    routing_reg: float = 100.0
+    beta: float = 1.0
 
     def validate(self) -> None:
         super().validate()

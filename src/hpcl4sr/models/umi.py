@@ -48,8 +48,15 @@ PROFILE_FREE_MESSAGE = "UMI: dataset has no user profile; running the profile-fr
 
 @dataclass(frozen=True)
 class UMIConfig(ModelConfig):
+    """UMI's settings, beside `ModelConfig`'s.
+
+    Attributes:
+        routing_iterations: rounds of the capsule routing.
+        use_profile: false runs the profile-free variant even when the dataset has a profile.
+    """
+
     routing_iterations: int = 3
-    use_profile: bool = True  # false runs the profile-free variant even when the dataset has a profile
+    use_profile: bool = True
 
     def validate(self) -> None:
         super().validate()
