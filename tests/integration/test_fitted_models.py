@@ -90,7 +90,8 @@ def test_an_experiment_grid_mixes_fitted_and_trained_rows(synthetic_dir, tmp_pat
     file.write_text(yaml.safe_dump({
         "datasets": {"synthetic": {"path": str(synthetic_dir)}}, "seeds": [1],
         "models": {"pop": {"model": "pop"}, "gru": {"model": "gru4rec"}}, "ours": "gru",
-        "set": {"train.max_iters": 20, "train.eval_every": 10, "train.batch_size": 32, "train.device": "cpu"}}, sort_keys=False))
+        "set": {"train.max_iters": 20, "train.eval_every": 10, "train.batch_size": 32, "train.device": "cpu"},
+    }, sort_keys=False))
     results = run_experiment(load_experiment(file), tmp_path / "out", progress=False)
     assert [r["cell"] for r in results] == ["synthetic/pop/s1", "synthetic/gru/s1"]
     assert (tmp_path / "out" / results[0]["run"] / "test_users.npz").is_file()
