@@ -42,9 +42,9 @@ class ItemKNNConfig:
     """Each of the first three fields is one value or a list of candidates; every combination of the
     candidates is tried on the valid users and the best (valid recall@50) kept."""
 
-    neighbours: int | list[int] = field(default_factory=lambda: [20, 50, 100, 200])  # M, neighbours kept per item
-    shrinkage: float | list[float] = field(default_factory=lambda: [0.0, 10.0, 100.0])  # of the cosine's denominator
-    repeat_weight: float | list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])  # w
+    neighbours: int | list[int] = field(default_factory=lambda: [5, 10, 20, 50])  # M, neighbours kept per item
+    shrinkage: float | list[float] = field(default_factory=lambda: [0.0, 10.0, 30.0, 100.0])  # in the denominator
+    repeat_weight: float | list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])  # w
     repeat_score: str = "count"  # count: w * count of the item in the history | log: w * log(1 + count)
 
     def validate(self) -> None:
