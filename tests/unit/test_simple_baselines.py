@@ -148,6 +148,8 @@ def test_blocks_and_chunks_do_not_change_results(synthetic_dir):
     expected = knn.rank(batch, 50)
     knn.score_budget = 3 * (data.n_items + 1)  # three users at a time
     assert all(torch.equal(a, b) for a, b in zip(expected, knn.rank(batch, 50)))
+    knn.score_budget = 12 * 10  # one user at a time, their history 12 positions at a time
+    assert all(torch.equal(a, b) for a, b in zip(expected, knn.rank(batch, 50)))
 
 
 def test_fitted_models_have_no_vectors_or_loss(toy):

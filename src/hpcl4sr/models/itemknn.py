@@ -166,6 +166,12 @@ class ItemKNN(Repeat):
     def column_scores(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         counts = self.history_counts(history, mask)
         scores = self.repeat_weight * (counts.log1p() if self.config.repeat_score == "log" else counts)
-        neighbours = self.item_columns[self.neighbour_ids[history].long()]  # [b, L, M] columns, padding -> dump
-        similarities = self.neighbour_sims[history] * mask[..., None]
-        return scores.scatter_add_(1, neighbours.flatten(1), similarities.flatten(1))
+        # The history's neighbours [b, positions, M], a slice of positions at a time: a long history (a large
+        # data.max_len) stays within the score budget.
+        step = max(1, self.score_budget // (len(history) * self.neighbour_ids.shape[1]))
+        for lo in range(0, history.shape[1], step):
+            part = history[:, lo : lo + step]
+            neighbours = self.item_columns[self.neighbour_ids[part].long()]  # their columns; padding -> dump
+            similarities = self.neighbour_sims[part] * mask[:, lo : lo + step, None]
+            scores.scatter_add_(1, neighbours.flatten(1), similarities.flatten(1))
+        return scores
