@@ -30,7 +30,7 @@ def interest_similarities(
     candidates = dataset.eval_users("test")
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, min(users, len(candidates)), replace=False))
     batch = next(dataset.eval_batches("test", len(chosen), max_len, users=chosen))
-    device = next(model.parameters()).device
+    device = model.device
     interests = torch.nn.functional.normalize(model.eval().interests(batch.to(device)), dim=-1)
     cosine = interests @ interests.transpose(1, 2)
     upper = torch.triu_indices(cosine.shape[1], cosine.shape[1], offset=1, device=device)
@@ -50,7 +50,7 @@ def repeat_breakdown(
     of the history (`history_share`), with the protocol's history / target cut.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     counts = dict.fromkeys(("repeat_targets", "repeat_hits", "new_targets", "new_hits", "history_slots", "slots"), 0)
     batches = dataset.eval_batches(split, batch_size, max_len)
     total = -(-len(dataset.eval_users(split)) // batch_size)
@@ -176,7 +176,7 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
     columns = []
     for run, (config, _, model, _) in zip(runs, loaded):
         with torch.no_grad():
-            ranked = model.rank(batch.to(next(model.parameters()).device), top)[0][0].tolist()
+            ranked = model.rank(batch.to(model.device), top)[0][0].tolist()
         hits = sum(item in set(targets) for item in ranked)
         columns.append((f"{config.model_name} ({Path(run).name}): {hits} hits",
                         [("✓ " if item in set(targets) else "") + named(item) for item in ranked]))

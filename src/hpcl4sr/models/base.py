@@ -10,16 +10,22 @@ one evaluator and one server serve them all:
   (evaluation, recommendations, analyses) ranks through it; the default retrieves with each interest
   over the item table and merges, and a model that scores items another way overrides it.
 
+A *fitted* model (`fitted = True`: pop, repeat, itemknn) is computed from the training users' sequences
+instead of trained with SGD. It overrides `fit` and `rank`, keeps everything it needs at inference in
+persistent buffers (so a run's best.pt restores it), has no item table and no interest vectors, and
+its config class need not derive from `ModelConfig`. The trainer calls `fit` in place of its loop.
+
 A model is registered by name with its own frozen config dataclass, whose fields are the keys of the
 `model:` section of a run config.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -70,13 +76,16 @@ class SequentialRecommender(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    config_class: ClassVar[type[Any]] = ModelConfig
+    fitted: ClassVar[bool] = False  # True: computed by `fit` from the training log, not trained with SGD
 
-    def __init__(self, config: ModelConfig, dataset: SequenceDataset, max_len: int) -> None:
+    def __init__(self, config: Any, dataset: SequenceDataset, max_len: int) -> None:
         super().__init__()
         self.config = config
         self.n_items = dataset.n_items
         self.max_len = max_len
+        if self.fitted:  # a fitted model scores items without an item table
+            return
         self.item_embedding = nn.Embedding(self.n_items + 1, config.dim, padding_idx=0)
         if config.embedding_init == "glorot":  # uniform(+-sqrt(6 / (N + 1 + d))), tiny for big catalogues
             nn.init.xavier_uniform_(self.item_embedding.weight)
@@ -90,6 +99,23 @@ class SequentialRecommender(nn.Module):
         """The first paragraph of the model's docstring (its module's when the class has none): its paper."""
         doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
         return " ".join(doc.strip().split("\n\n")[0].split())
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live (a fitted model has buffers but no parameters)."""
+        return next(itertools.chain(self.parameters(), self.buffers())).device
+
+    def fit(self, dataset: SequenceDataset, max_len: int, select: Callable[[dict[str, Any]], float]
+            ) -> dict[str, Any]:
+        """Fitted models only: compute the model from the training users' sequences; return its chosen settings.
+
+        For each candidate setting (e.g. a grid over the config's lists of values) the model sets itself up
+        and calls `select(setting)`, which evaluates it as it stands on the valid users and returns the
+        score to maximise; it then keeps the first candidate with the highest score. The test split is never
+        read. The returned mapping holds the chosen value of each config field searched over, which the
+        trainer writes into the run's config.yaml, so `load_run` rebuilds buffers of the right shapes.
+        """
+        raise NotImplementedError(f"{self.name} is trained with SGD, not fitted")
 
     def interests(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

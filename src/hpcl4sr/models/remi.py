@@ -12,13 +12,19 @@ REMI keeps ComiRec-SA's network and changes how it is trained, with two addition
   target is a negative and gets the same weights.
 `loss()` returns total = rec + routing_reg * reg, rec (the IHN softmax on the hard readout) and reg.
 
+By default REMI trains as its authors' code does: `sampler: uniform`, 10 x batch size = 1,280 uniform
+negatives shared by the batch (128 users a batch). Under the uniform sampler the log-Q correction is
+the same constant for the target and every negative, so it cancels in the softmax: the hard-negative
+weights act on uncorrected logits, as theirs do. (Our other models keep the log-uniform sampler.)
+
 `beta` defaults to 1, the value the authors' README uses on Gowalla (10 on Amazon Books, 0.1 on
 RetailRocket); the paper tunes it per dataset and does not cover Ta-Feng.
 
 Departures from the authors' code, and why:
 - their IHN branch drops the log-Q correction (a constant under their uniform sampler, not under their
-  log-uniform one); we keep it, so beta = 0 equals our plain sampled softmax with either sampler. The
-  weights use the raw scores s_j, as theirs do;
+  log-uniform one); we keep it, which changes nothing under the default uniform sampler and makes
+  beta = 0 equal our plain sampled softmax under either sampler. The weights use the raw scores s_j, as
+  theirs do;
 - accidental hits (a negative equal to the row's target) are removed, and left out of the weights' mean,
   as in our other models' sampled softmax; their code keeps them;
 - like theirs, the weights are not detached, so the gradient also flows through them.
@@ -43,10 +49,12 @@ class REMIConfig(ModelConfig):
     """REMI's settings, beside `ModelConfig`'s.
 
     Attributes:
+        sampler: uniform, as the authors' code: so no log-Q correction sits under the hard-negative weights.
         routing_reg: lambda of the routing regulariser (RR) on the attention.
         beta: hardness of the interest-aware hard negatives (IHN); 0 turns IHN off.
     """
 
+    sampler: str = "uniform"
     routing_reg: float = 100.0
     beta: float = 1.0
 

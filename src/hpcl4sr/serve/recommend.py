@@ -33,7 +33,7 @@ def recommend(
     if n <= 0:
         raise UserError(f"-n: expected a positive integer, got {n}")
     user = dataset.user_index(raw_user)
-    device = next(model.parameters()).device
+    device = model.device
     batch = _full_history_batch(dataset, np.array([user]), max_len).to(device)
     items, scores, interest = model.rank(batch, n)
     item_ids, category_ids = dataset.raw_ids("item"), dataset.raw_ids("category")
@@ -62,7 +62,7 @@ def export_run(
 ) -> dict[str, Any]:
     """Write item embeddings, id maps and every user's K interests to `out`, atomically."""
     with atomic_directory(out) as staging:
-        device = next(model.parameters()).device
+        device = model.device
         np.save(staging / "item_embeddings.npy", model.item_embeddings().float().cpu().numpy())
         users = np.arange(dataset.n_users)
         chunks = []

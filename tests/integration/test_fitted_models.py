@@ -1,0 +1,99 @@
+"""Fitted baselines end to end: the run directory `hpcl4sr train` writes works with every inference command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hpcl4sr import train as train_module
+from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.experiment import load_experiment, run_experiment
+from hpcl4sr.report import write_report
+from hpcl4sr.run import config_for_run, load_run
+from hpcl4sr.train import train
+
+GRID = {"neighbours": [5, 10], "shrinkage": [0.0, 10.0], "repeat_weight": [0.0, 1.0]}
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcl4sr", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def knn_run(synthetic_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("fitted") / "itemknn"
+    config = config_for_run("itemknn", [{"data": {"path": str(synthetic_dir)}, "model": GRID,
+                                         "train": {"device": "cpu", "threads": 1}}])
+    train(config, run, progress=False)
+    return run
+
+
+def test_the_run_directory_records_every_candidate_and_the_choice(knn_run):
+    records = [json.loads(line) for line in (knn_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and {r["split"] for r in records} == {"valid"} and {r["step"] for r in records} == {0}
+    best = max(records, key=lambda r: r["recall@50"])
+    chosen = {key: best[f"model.{key}"] for key in GRID}
+    saved = yaml.safe_load((knn_run / "config.yaml").read_text())
+    assert saved["model"] == {**chosen, "repeat_score": "count"}  # single values: the run is the chosen model
+    metrics = json.loads((knn_run / "test_metrics.json").read_text())
+    assert metrics["chosen"] == chosen and metrics["valid_recall@50"] == best["recall@50"]
+    checkpoint = torch.load(knn_run / "best.pt", weights_only=True)
+    assert set(checkpoint) >= {"model", "state", "config", "version"}
+    assert checkpoint["model"]["neighbour_ids"].shape[1] == chosen["neighbours"]
+    _, _, model, _ = load_run(knn_run)
+    assert torch.equal(model.neighbour_sims, checkpoint["model"]["neighbour_sims"])
+
+
+def test_evaluate_recommend_and_export_work_on_the_run(knn_run, synthetic_dir):
+    evaluated = cli("evaluate", "--run", knn_run, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    stored = json.loads((knn_run / "test_metrics.json").read_text())
+    assert json.loads(evaluated.stdout)["recall@50"] == pytest.approx(stored["recall@50"], abs=1e-12)
+    data = SequenceDataset(synthetic_dir)
+    user = data.raw_ids("user")[int(data.split_users["test"][0])]
+    recommended = cli("recommend", "--run", knn_run, "--user", user, "-n", "5", "--json")
+    assert recommended.returncode == 0, recommended.stderr
+    rows = json.loads(recommended.stdout)["recommendations"]
+    assert len(rows) == 5 and {row["interest"] for row in rows} == {0}
+    exported = cli("export", "--run", knn_run, "--out", knn_run.parent / "export")
+    assert exported.returncode == 2 and exported.stderr.strip() == (
+        "error: itemknn is fitted, not trained: it has no item embeddings")
+
+
+def test_resume_of_a_fitted_run_changes_nothing(knn_run):
+    before = {name: (knn_run / name).read_bytes() for name in ("config.yaml", "test_metrics.json", "metrics.jsonl")}
+    resumed = cli("train", "--resume", knn_run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert before == {name: (knn_run / name).read_bytes() for name in before}
+
+
+def test_selection_never_reads_the_test_split(synthetic_dir, tmp_path, monkeypatch):
+    splits = []
+    evaluate = train_module.evaluate_model
+    monkeypatch.setattr(train_module, "evaluate_model",
+                        lambda model, dataset, split, *args, **kw: splits.append(split) or evaluate(
+                            model, dataset, split, *args, **kw))
+    config = config_for_run("itemknn", [{"data": {"path": str(synthetic_dir)}, "train": {"device": "cpu"},
+                                         "model": {"neighbours": [5, 10], "shrinkage": 0, "repeat_weight": 1}}])
+    train(config, tmp_path / "run", progress=False)
+    assert splits == ["valid", "valid", "test"]  # the test split once, after the choice
+
+
+def test_an_experiment_grid_mixes_fitted_and_trained_rows(synthetic_dir, tmp_path):
+    file = tmp_path / "experiment.yaml"
+    file.write_text(yaml.safe_dump({
+        "datasets": {"synthetic": {"path": str(synthetic_dir)}}, "seeds": [1],
+        "models": {"pop": {"model": "pop"}, "gru": {"model": "gru4rec"}}, "ours": "gru",
+        "set": {"train.max_iters": 20, "train.eval_every": 10, "train.batch_size": 32, "train.device": "cpu"},
+    }, sort_keys=False))
+    results = run_experiment(load_experiment(file), tmp_path / "out", progress=False)
+    assert [r["cell"] for r in results] == ["synthetic/pop/s1", "synthetic/gru/s1"]
+    assert (tmp_path / "out" / results[0]["run"] / "test_users.npz").is_file()
+    report = write_report(tmp_path / "out").read_text()
+    assert "| pop |" in report and "| gru |" in report
