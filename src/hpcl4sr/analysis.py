@@ -68,6 +68,9 @@ def repeat_breakdown(
             "history_share": counts["history_slots"] / max(counts["slots"], 1)}
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # the formats `analyze similarity --out` writes
+
+
 def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path) -> None:
     """One histogram per run on shared bins, written atomically to `out` (format from its suffix)."""
     import matplotlib

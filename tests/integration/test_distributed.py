@@ -63,7 +63,7 @@ def test_ranks_keep_identical_parameters(ddp_run: Path) -> None:
 
 def test_rank_zero_alone_writes_the_run(ddp_run: Path) -> None:
     assert {path.name for path in ddp_run.iterdir()} == {
-        "config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
+        ".lock", "config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
     records = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "valid"] == [20, 40]  # one line per step, not two
     assert len(torch.load(ddp_run / "last.pt", weights_only=True)["ranks"]) == 2

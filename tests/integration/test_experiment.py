@@ -166,12 +166,12 @@ def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_p
 
 
 def test_runners_share_a_grid_cell_by_cell(synthetic_dir, tmp_path):
-    from hpcl4sr.experiment import _exclusive
+    from hpcl4sr.atomic import exclusive_lock
 
     file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}})
     out = tmp_path / "out"
-    with _exclusive(out / "runs/synthetic/sa/s1.lock", wait=False) as held:  # as if another runner trained s1
-        assert held
+    with exclusive_lock(out / "runs/synthetic/sa/s1.lock", wait=False) as holder:  # as if another runner held s1
+        assert holder is None
         results = run_experiment(load_experiment(file), out, progress=False, extra={"train": {"threads": 1}})
     assert [r["cell"] for r in results] == ["synthetic/sa/s2"]
     assert not (out / "runs/synthetic/sa/s1").exists()
