@@ -261,7 +261,8 @@ def _result_fields(config: RunConfig, out: Path) -> dict[str, Any]:
     for section, values in resolved.items():
         fields.update({f"{section}.{key}": value for key, value in values.items()
                        if not (section == "train" and key in SPEED_ONLY)})
-    data = Path(fields["data.path"])
+    data = Path(fields["data.path"]).resolve()
+    fields["data.path"] = str(data)
     if data.is_relative_to(out.resolve()):
         fields["data.path"] = str(data.relative_to(out.resolve()))
     return fields

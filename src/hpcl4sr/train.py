@@ -186,8 +186,10 @@ def _remove_unfinished(out: Path, created: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
         return
     for path in out.iterdir():  # the directory was empty when the run began: everything in it is the run's
-        if path.name != ".lock":
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != ".lock":
+            path.unlink(missing_ok=True)
     (out / ".lock").unlink(missing_ok=True)
 
 
@@ -311,6 +313,8 @@ def _train_loop(config: RunConfig, out: Path, checkpoint: dict[str, Any] | None,
                 save("last.pt")
     except KeyboardInterrupt:
         # last.pt is only written between steps (at each validation), so it is always consistent.
+        if not (out / "last.pt").exists():
+            raise UserError("interrupted before the first validation; nothing was kept") from None
         raise UserError(f"interrupted; `hpcl4sr train --resume {out}` continues from the last validation") from None
     finally:
         bar.close()
