@@ -33,11 +33,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not a checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, empty, random bytes, a foreign pickle: torch raises many types
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
+    except Exception as err:  # truncated, random bytes, a foreign pickle: torch raises many types
+        # torch's own message suggests weights_only=False, which would run the file's code: not repeated here
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}): truncated, damaged, or "
+                        "holding objects other than tensors, which are never unpickled") from None
     weights = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: not a checkpoint written by `hpcl4sr train` (no model weights)")
