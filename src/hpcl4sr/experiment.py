@@ -330,6 +330,20 @@ def _record_result(out: Path, cell: Cell, run: Path, key: str) -> None:
             file.write(json.dumps(result) + "\n")
 
 
+def checked_cells(experiment: Experiment, out: Path, extra: dict[str, Any] | None = None
+                  ) -> tuple[list[Cell], list[RunConfig], list[str]]:
+    """Every cell with its config and result key, after every check that needs no work: the output path,
+    the datasets, each cell's config, and the run directories already there."""
+    check_writable_parent(out, "--out")
+    cells = experiment.cells()
+    for spec in experiment.datasets.values():
+        check_dataset(spec, out)
+    configs = [cell_config(cell, dataset_path(experiment.datasets[cell.dataset], out), extra) for cell in cells]
+    for cell, config in zip(cells, configs):
+        _check_not_stale(out / "runs" / cell.id, cell, config, out)
+    return cells, configs, [result_key(config, out) for config in configs]
+
+
 def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
                    extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished cell of `experiment` into `out`; returns all of results.jsonl.
@@ -340,14 +354,7 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
     from hpcl4sr.train import train
 
     out = Path(out)
-    check_writable_parent(out, "--out")
-    cells = experiment.cells()
-    for spec in experiment.datasets.values():  # every error before any work or any file
-        check_dataset(spec, out)
-    configs = [cell_config(cell, dataset_path(experiment.datasets[cell.dataset], out), extra) for cell in cells]
-    keys = [result_key(config, out) for config in configs]
-    for cell, config in zip(cells, configs):
-        _check_not_stale(out / "runs" / cell.id, cell, config, out)
+    cells, configs, keys = checked_cells(experiment, out, extra)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "experiment.json", json.dumps(experiment.summary(), indent=2) + "\n")
     with exclusive_lock(out / ".data.lock", wait=True):  # one runner prepares, the others wait for it
@@ -394,6 +401,7 @@ def run_with_runners(experiment: Experiment, out: Path, runners: int, assignment
     from hpcl4sr.config import parse_assignments
 
     out = Path(out)
+    checked_cells(experiment, out, parse_assignments(assignments))  # fail here, not in N runners' logs
     out.mkdir(parents=True, exist_ok=True)
     if "train.threads" not in parse_assignments(assignments).get("train", {}):
         assignments = [*assignments, f"train.threads={max(1, (os.cpu_count() or 1) // runners)}"]

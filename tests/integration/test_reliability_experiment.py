@@ -80,3 +80,12 @@ def test_an_unknown_model_fails_before_any_data_is_prepared(tmp_path):
     with pytest.raises(UserError, match="--max-len"):
         run_experiment(load_experiment(file), out, progress=False)
     assert not out.exists()  # no experiment.json, no lock file, no prepared data
+
+
+def test_runners_check_the_grid_before_starting_any(synthetic_dir, tmp_path):
+    from hpcl4sr.experiment import run_with_runners
+
+    file = write_experiment(tmp_path, synthetic_dir, {"a": {"model": "nope"}})
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        run_with_runners(load_experiment(file), tmp_path / "out", 2, [], progress=False)
+    assert not (tmp_path / "out").exists()
