@@ -107,6 +107,7 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
     try:
         checkpoint = _check_resume(config, out, group.world) if resume else _check_new_run(out)
         created = not out.exists()
+        group.barrier()  # every rank has checked the directory before rank 0 writes into it
         with run_lock(out, group):
             try:
                 if group.is_main:
