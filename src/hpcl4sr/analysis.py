@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from hpcl4sr.atomic import atomic_output
+from hpcl4sr.config import load_yaml
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender
@@ -70,6 +70,9 @@ def repeat_breakdown(
             "history_share": counts["history_slots"] / max(counts["slots"], 1)}
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # the formats `analyze similarity --out` writes
+
+
 def similarity_summary(values: np.ndarray) -> dict[str, float | int]:
     """Users, pairs, the mean and the 10th / 50th / 90th percentiles of `interest_similarities`' output."""
     p10, median, p90 = np.quantile(values, [0.1, 0.5, 0.9]).round(4).tolist()
@@ -122,8 +125,8 @@ def group_runs(runs: list[Path]) -> dict[str, list[dict[str, float]]]:
         metrics_file = path / "test_metrics.json"
         if not metrics_file.is_file():
             raise UserError(f"{metrics_file}: not found; has the run finished training?")
-        config = yaml.safe_load((path / "config.yaml").read_text())
-        config["train"].pop("seed", None)
+        config = load_yaml(path / "config.yaml")
+        config.get("train", {}).pop("seed", None)
         key = json.dumps(config, sort_keys=True)
         labels.setdefault(key, f"{config['model_name']} ({path})")
         groups.setdefault(key, []).append(json.loads(metrics_file.read_text()))

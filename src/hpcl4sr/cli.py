@@ -28,15 +28,20 @@ def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
+def _at_least_one(value: int, option: str) -> None:
+    if value < 1:
+        raise UserError(f"{option}: expected a positive integer, got {value}")
+
+
 def _reader_options(pairs: list[str], **columns: str | None) -> dict[str, Any]:
-    import yaml
+    from hpcl4sr.config import parse_yaml
 
     options: dict[str, Any] = {name: value for name, value in columns.items() if value is not None}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option behavior=buy")
-        options[key] = yaml.safe_load(value)
+        options[key] = parse_yaml(value, f"--option {key}")
     return options
 
 
@@ -168,6 +173,10 @@ def train(
         layers.append({"data": {"path": str(data.resolve())}})
     layers.append(parse_assignments(set_))
     if resume is not None:
+        beside = next((name for name, value in (("--model", model), ("--out", out)) if value is not None), None)
+        if beside is not None:
+            raise UserError(f"{beside} cannot be combined with --resume {resume}: a run keeps its model and "
+                            "directory (change only train settings such as --set train.max_iters=N)")
         run_config, run_dir = read_run_config(resume, layers), resume
     else:
         model_name = model or next((layer["model_name"] for layer in layers if "model_name" in layer), None)
@@ -218,8 +227,9 @@ def recommend(
     from hpcl4sr.run import load_run
     from hpcl4sr.serve.recommend import recommend as top_items
 
+    _at_least_one(n, "-n")
     _, dataset, model, max_len = load_run(run)
-    result = top_items(model, dataset, user, n, max_len)
+    result = top_items(model, dataset, user, min(n, dataset.n_items), max_len)  # never more than the catalogue
     if as_json:
         _print_json(result)
         return
@@ -237,9 +247,11 @@ def export(
     out: Annotated[Path, typer.Option(help="Directory to create.")],
 ) -> None:
     """Export item embeddings (.npy), id maps and every user's K interests."""
+    from hpcl4sr.atomic import check_new_output
     from hpcl4sr.run import load_run
     from hpcl4sr.serve.recommend import export_run
 
+    check_new_output(out, "--out")
     _, dataset, model, max_len = load_run(run)
     manifest = export_run(model, dataset, max_len, out)
     typer.echo(f"wrote {out}: {manifest['users']} users x {manifest['interests']} interests, {manifest['items']} items")
@@ -256,9 +268,14 @@ def analyze_similarity(
 
     Prints one JSON line per run with the mean similarity and its 10th, 50th and 90th percentiles.
     """
-    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram, similarity_summary
+    from hpcl4sr.analysis import FIGURE_SUFFIXES, interest_similarities, plot_similarity_histogram, similarity_summary
+    from hpcl4sr.atomic import check_writable_parent
     from hpcl4sr.run import load_run
 
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"--out {out}: expected a figure name ending in {', '.join(FIGURE_SUFFIXES)}")
+    check_writable_parent(out, "--out")
+    _at_least_one(users, "--users")
     series = {}
     names = [path.name for path in run]
     for path in run:
@@ -284,6 +301,7 @@ def analyze_repeats(
     from hpcl4sr.analysis import repeat_breakdown
     from hpcl4sr.run import load_run
 
+    _at_least_one(n, "-n")
     for path in run:
         config, dataset, model, max_len = load_run(path)
         figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size, progress=True)
@@ -353,12 +371,22 @@ def experiment_case(
     """The paper's Table 4: a user's history, targets and each model's top list, hits marked."""
     from hpcl4sr.analysis import case_study
 
+    _at_least_one(top, "--top")
     typer.echo(case_study(run, user, top))
+
+
+def one_line(message: str) -> str:
+    """`message` with line breaks and control bytes (say, from a garbage input file) written as escapes."""
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in message)
 
 
 def main() -> None:
     try:
         app()
     except UserError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {one_line(str(err))}", err=True)
+        raise SystemExit(2) from None
+    except OSError as err:  # a path the system refused: read-only, a file where a directory should be, ...
+        where = f"{err.filename}: " if err.filename else ""
+        typer.echo(f"error: {one_line(where + (err.strerror or str(err)))}", err=True)
         raise SystemExit(2) from None

@@ -9,6 +9,7 @@ against the dataclass so a typo fails loudly instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -60,8 +61,21 @@ class TrainConfig:
         for name in ("batch_size", "max_iters", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UserError(f"train.lr: expected a positive number, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"train.lr: expected a finite positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"train.weight_decay: expected a finite number >= 0, got {self.weight_decay}")
+        for name in ("threads", "patience"):
+            if getattr(self, name) < 0:
+                raise UserError(f"train.{name}: expected an integer >= 0, got {getattr(self, name)}")
+
+
+# What `train --resume` may change: how long and how fast the run goes on, never what it learns (the model,
+# the data, the seed, the optimiser's settings), which the checkpoint's weights and optimiser state embody.
+RESUME_MAY_CHANGE = frozenset({"max_iters", "patience", "eval_every", "log_every", "threads", "device",
+                               "eval_batch_size", "precision", "compile"})
+# Settings that change the speed of a run, not its results: two runs differing only in them are one run.
+SPEED_ONLY = frozenset({"threads", "device", "eval_batch_size", "log_every", "compile"})
 
 
 @dataclass(frozen=True)
@@ -140,19 +154,46 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key or "." not in key:
             raise UserError(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.001")
         section, _, name = key.partition(".")
-        nested.setdefault(section, {})[name] = yaml.safe_load(raw_value)
+        nested.setdefault(section, {})[name] = parse_yaml(raw_value, f"--set {key}")
     return nested
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error instead of the last
+    value silently winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML from a user (a file's text, or a --set value): safe tags only, no duplicate keys; an error
+    names `source` and the line and column."""
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise UserError(f"{source}{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file of config sections (or an experiment file): a mapping, checked as `parse_yaml` does."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
+    loaded = parse_yaml(text, str(path)) or {}
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: expected a mapping with sections train / data / model")
     return loaded

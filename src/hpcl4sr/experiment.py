@@ -23,6 +23,10 @@ last.pt is resumed (so a run killed halfway continues where it stopped), and eac
 line in OUT/results.jsonl plus its per-user test metrics (OUT/runs/.../test_users.npz, for the
 significance tests of the report).
 
+Cells are keyed by their resolved config (less the settings that change only speed): a run directory or
+a results line written for another config than the file now asks for (an edited row) is never taken for
+this cell's result; the run is refused before any work and its results line replaced.
+
 Several runners may work on one directory at once (e.g. one per core or per GPU): each cell is held by
 an advisory lock that dies with its process, so a runner skips the cells another one is training.
 `run_with_runners` starts them and waits for them (`experiment run --runners N`).
@@ -30,14 +34,13 @@ an advisory lock that dies with its process, so a runner skips the cells another
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hpcl4sr.atomic import atomic_output, write_text
-from hpcl4sr.config import load_yaml
+from hpcl4sr.atomic import atomic_output, check_writable_parent, exclusive_lock, write_text
+from hpcl4sr.config import SPEED_ONLY, RunConfig, load_yaml
 from hpcl4sr.errors import UserError
-from hpcl4sr.run import config_for_run
+from hpcl4sr.run import config_for_run, read_run_config
 
 FETCHABLE = ("tafeng",)  # datasets `hpcl4sr data fetch` can download
 EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
@@ -236,16 +239,47 @@ def parse_raw_option(values: list[str]) -> dict[str, list[Path]]:
     return files
 
 
-def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
-    """The prepared directory of `spec`: its own path, or OUT/data/NAME, prepared on first use."""
-    from hpcl4sr.data.fetch import fetch_tafeng
-    from hpcl4sr.data.prepare import PrepareOptions, prepare_from_files
+def dataset_path(spec: DatasetSpec, out: Path) -> Path:
+    """Where the cells of `spec` find their prepared dataset (OUT/data/NAME unless the file names one)."""
+    return spec.path if spec.path is not None else out / "data" / spec.name
+
+
+def check_dataset(spec: DatasetSpec, out: Path) -> None:
+    """What can be checked of a dataset entry before anything is prepared or trained."""
+    from hpcl4sr.data.prepare import PrepareOptions
+    from hpcl4sr.data.sources import READERS
 
     if spec.path is not None:
         if not (spec.path / "meta.json").is_file():
             raise UserError(f"{spec.path}: not a prepared dataset (no meta.json); run `hpcl4sr prepare` first")
-        return spec.path
-    target = out / "data" / spec.name
+        return
+    if (out / "data" / spec.name / "meta.json").is_file():
+        return
+    if spec.source not in READERS:
+        raise UserError(f"dataset {spec.name}: unknown source {spec.source!r} (known: {', '.join(READERS)})")
+    missing = [file for file in spec.raw if not file.is_file()]
+    if missing:  # (a `fetch:` entry has no raw files: it is fetched when prepared)
+        expected = ",".join(f"PATH/{file.name}" for file in spec.raw)
+        raise UserError(f"dataset {spec.name}: raw file {missing[0]} not found; pass the dataset's file(s) to "
+                        f"`hpcl4sr experiment run` as --raw {spec.name}={expected}")
+    PrepareOptions(spec.source, **_split_options(spec)[0]).validate()
+
+
+def _split_options(spec: DatasetSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A dataset entry's options: (those of `prepare`, those of the source's reader)."""
+    from hpcl4sr.data.prepare import PrepareOptions
+
+    prepare_fields = set(PrepareOptions.__dataclass_fields__) - {"source"}
+    return ({k: v for k, v in spec.options.items() if k in prepare_fields},
+            {k: v for k, v in spec.options.items() if k not in prepare_fields})
+
+
+def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
+    """The prepared directory of `spec` (checked by `check_dataset`), prepared into OUT/data/NAME on first use."""
+    from hpcl4sr.data.fetch import fetch_tafeng
+    from hpcl4sr.data.prepare import prepare_from_files
+
+    target = dataset_path(spec, out)
     if not (target / "meta.json").is_file():
         raw = list(spec.raw)
         if not raw:  # a `fetch:` dataset (load_experiment allows no other without raw files)
@@ -253,14 +287,7 @@ def prepared_dataset(spec: DatasetSpec, out: Path) -> Path:
                 raw = [fetch_tafeng(out / "raw" / spec.name)]
             except UserError as err:
                 raise UserError(f"dataset {spec.name}: {err}; or pass the CSV with --raw {spec.name}=PATH") from None
-        missing = [file for file in raw if not file.exists()]
-        if missing:
-            expected = ",".join(f"PATH/{file.name}" for file in raw)
-            raise UserError(f"dataset {spec.name}: raw file {missing[0]} not found; pass the dataset's file(s) to "
-                            f"`hpcl4sr experiment run` as --raw {spec.name}={expected}")
-        prepare_fields = set(PrepareOptions.__dataclass_fields__) - {"source"}
-        options = {k: v for k, v in spec.options.items() if k in prepare_fields}
-        reader = {k: v for k, v in spec.options.items() if k not in prepare_fields}
+        options, reader = _split_options(spec)
         prepare_from_files(spec.source, raw, target, reader, **options)
     return target
 
@@ -269,6 +296,38 @@ def cell_config(cell: Cell, data: Path, extra: dict[str, Any] | None = None) -> 
     """The cell's run config; `extra` is a last layer (the CLI's --set)."""
     own = {"data": {"path": str(data)}, "train": {"seed": cell.seed}}
     return config_for_run(cell.model, [*cell.layers, own, extra or {}])
+
+
+def _result_fields(config: RunConfig, out: Path) -> dict[str, Any]:
+    """What decides a run's results, flattened to `section.key`: the config less the speed-only settings,
+    with a dataset inside OUT named relative to it (so a moved experiment directory keeps its cells)."""
+    resolved = config.to_dict()
+    fields = {"model_name": resolved.pop("model_name")}
+    for section, values in resolved.items():
+        fields.update({f"{section}.{key}": value for key, value in values.items()
+                       if not (section == "train" and key in SPEED_ONLY)})
+    data = Path(fields["data.path"]).resolve()
+    fields["data.path"] = str(data)
+    if data.is_relative_to(out.resolve()):
+        fields["data.path"] = str(data.relative_to(out.resolve()))
+    return fields
+
+
+def result_key(config: RunConfig, out: Path) -> str:
+    """A cell's identity beyond its id: a short hash of `_result_fields`."""
+    text = json.dumps(_result_fields(config, out), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_not_stale(run: Path, cell: Cell, config: RunConfig, out: Path) -> None:
+    """Refuse a run directory trained for another config than `cell` now has (the file was edited)."""
+    if not (run / "config.yaml").is_file():
+        return
+    before, now = _result_fields(read_run_config(run), out), _result_fields(config, out)
+    changed = next((key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)), None)
+    if changed is not None:
+        raise UserError(f"{run}: trained with {changed}={before.get(changed)!r}, but cell {cell.id} now has "
+                        f"{now.get(changed)!r}; remove that run directory or choose another --out")
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:
@@ -299,28 +358,17 @@ def _record_test_users(run: Path) -> None:
         np.savez(file, users=users, **values)
 
 
-@contextmanager
-def _exclusive(lock: Path, wait: bool) -> Iterator[bool]:
-    """Hold an advisory lock on file `lock` (released when the process dies); yields whether it is held."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
+def _record_result(out: Path, cell: Cell, run: Path, key: str) -> None:
+    """Append the cell's line to results.jsonl unless a runner already did; a line of the same cell for
+    another config (`key`) is replaced."""
+    with exclusive_lock(out / ".results.lock", wait=True):
+        results = read_results(out)
+        if any(result["cell"] == cell.id and result.get("key") == key for result in results):
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _record_result(out: Path, cell: Cell, run: Path) -> None:
-    """Append the cell's line to results.jsonl unless a runner already did."""
-    with _exclusive(out / ".results.lock", wait=True):
-        if any(result["cell"] == cell.id for result in read_results(out)):
-            return
-        result = {"cell": cell.id, "dataset": cell.dataset, "row": cell.row, "model": cell.model,
+        kept = [result for result in results if result["cell"] != cell.id]
+        if len(kept) != len(results):
+            write_text(out / "results.jsonl", "".join(json.dumps(result) + "\n" for result in kept))
+        result = {"cell": cell.id, "key": key, "dataset": cell.dataset, "row": cell.row, "model": cell.model,
                   "seed": cell.seed, "variant": list(cell.variant) if cell.variant else None,
                   "run": str(run.relative_to(out)), "metrics": json.loads((run / "test_metrics.json").read_text())}
         with (out / "results.jsonl").open("a") as file:  # one line per write: a kill leaves whole lines
@@ -330,8 +378,22 @@ def _record_result(out: Path, cell: Cell, run: Path) -> None:
 def prepare_datasets(experiment: Experiment, out: Path) -> dict[str, Path]:
     """Every dataset's prepared directory; one process prepares, any other waits for it."""
     out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out / ".data.lock", wait=True):
+    with exclusive_lock(out / ".data.lock", wait=True):
         return {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+
+
+def checked_cells(experiment: Experiment, out: Path, extra: dict[str, Any] | None = None
+                  ) -> tuple[list[Cell], list[RunConfig], list[str]]:
+    """Every cell with its config and result key, after every check that needs no work: the output path,
+    the datasets, each cell's config, and the run directories already there."""
+    check_writable_parent(out, "--out")
+    cells = experiment.cells()
+    for spec in experiment.datasets.values():
+        check_dataset(spec, out)
+    configs = [cell_config(cell, dataset_path(experiment.datasets[cell.dataset], out), extra) for cell in cells]
+    for cell, config in zip(cells, configs):
+        _check_not_stale(out / "runs" / cell.id, cell, config, out)
+    return cells, configs, [result_key(config, out) for config in configs]
 
 
 def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
@@ -344,33 +406,34 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
     from hpcl4sr.train import train
 
     out = Path(out)
+    cells, configs, keys = checked_cells(experiment, out, extra)
     out.mkdir(parents=True, exist_ok=True)
-    cells = experiment.cells()
     write_text(out / "experiment.json", json.dumps(experiment.summary(), indent=2) + "\n")
-    data = prepare_datasets(experiment, out)
+    prepare_datasets(experiment, out)
     elsewhere = []
     bar = tqdm(cells, desc=f"experiment {experiment.path.stem}", unit="cell", disable=not progress,
                dynamic_ncols=True)
-    configs = [cell_config(cell, data[cell.dataset], extra) for cell in cells]  # every error before any work
     for index, cell in enumerate(bar):
         bar.set_postfix_str(cell.id)
         # A sweep's default value is swept once per key: train that config once and record it under each id.
-        twin = next((cells[i] for i in range(index) if configs[i] == configs[index]), None)
+        twin = next((cells[i] for i in range(index) if keys[i] == keys[index]), None)
         run = out / "runs" / (twin or cell).id
         if twin is not None:
             if (run / "test_metrics.json").is_file():
-                _record_result(out, cell, run)
+                _record_result(out, cell, run, keys[index])
             else:  # a concurrent runner is still training the twin
                 elsewhere.append(cell.id)
             continue
-        with _exclusive(out / "runs" / f"{cell.id}.lock", wait=False) as held:
-            if not held:
+        with exclusive_lock(out / "runs" / f"{cell.id}.lock", wait=False) as holder:
+            if holder is not None:
                 elsewhere.append(cell.id)
                 continue
             if not (run / "test_metrics.json").is_file():
+                if run.is_dir() and not (run / "last.pt").is_file():
+                    shutil.rmtree(run)  # a runner killed before the cell's first checkpoint: start it afresh
                 train(configs[index], run, resume=(run / "last.pt").is_file(), progress=False)
             _record_test_users(run)
-            _record_result(out, cell, run)
+            _record_result(out, cell, run, keys[index])
     bar.close()
     if elsewhere:
         tqdm.write(f"{len(elsewhere)} cell(s) were being trained by another runner (rerun to record them "
@@ -388,6 +451,7 @@ def run_with_runners(experiment: Experiment, out: Path, runners: int, assignment
     from hpcl4sr.config import parse_assignments
 
     out = Path(out)
+    checked_cells(experiment, out, parse_assignments(assignments))  # fail here, not in N runners' logs
     prepare_datasets(experiment, out)  # here, so the runners (which re-read the file, not --raw) find them
     if "train.threads" not in parse_assignments(assignments).get("train", {}):
         assignments = [*assignments, f"train.threads={max(1, (os.cpu_count() or 1) // runners)}"]
@@ -415,8 +479,8 @@ def run_with_runners(experiment: Experiment, out: Path, runners: int, assignment
         bar.close()
     failed = [log for log, child in zip(logs, children) if child.returncode != 0]
     if failed:
-        last_lines = failed[0].read_text().strip().splitlines()[-3:]
+        last_line = (failed[0].read_text(errors="replace").strip().splitlines() or ["(empty)"])[-1]
         raise UserError(f"{len(failed)} runner(s) failed; see {', '.join(map(str, failed))}. "
-                        f"{failed[0].name} ends:\n" + "\n".join(last_lines))
+                        f"{failed[0].name} ends: {last_line}")
     # Cells a runner found held by another are recorded now that every runner has finished.
     return run_experiment(experiment, out, progress=False, extra=parse_assignments(assignments))

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from hpcl4sr.config import RunConfig, build_config
+from hpcl4sr.config import RunConfig, build_config, load_yaml
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender, model_class
@@ -27,9 +26,47 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by the trainer, with finite weights; anything else is refused naming the file.
+
+    weights_only=True never runs code from the file: a pickled payload is an error here, not an action.
+    """
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not a checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, random bytes, a foreign pickle: torch raises many types
+        # torch's own message suggests weights_only=False, which would run the file's code: not repeated here
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}): truncated, damaged, or "
+                        "holding objects other than tensors, which are never unpickled") from None
+    weights = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UserError(f"{path}: not a checkpoint written by `hpcl4sr train` (no model weights)")
+    bad = next((name for name, value in weights.items()
+                if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+    if bad is not None:
+        raise UserError(f"{path}: weight {bad!r} holds NaN or infinite values; the run diverged when it was "
+                        "saved, so it cannot be used")
+    return checkpoint
+
+
+def load_weights(model: SequentialRecommender, path: Path) -> dict[str, Any]:
+    """Load checkpoint `path` into `model` (refused when its weights are another model's); returns it."""
+    return fit_weights(model, load_checkpoint(path), path)
+
+
+def fit_weights(model: SequentialRecommender, checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Load the weights of `checkpoint` (read from `path`) into `model`, refusing another model's."""
+    mine, theirs = model.state_dict(), checkpoint["model"]
+    mismatch = next((name for name in sorted(set(mine) | set(theirs))
+                     if name not in mine or name not in theirs or mine[name].shape != theirs[name].shape), None)
+    if mismatch is not None:
+        raise UserError(f"{path}: weights do not fit model {type(model).__name__} as configured in config.yaml "
+                        f"(first difference: {mismatch!r}); was it written by another run?")
+    model.load_state_dict(theirs)
+    return checkpoint
 
 
 def config_for_run(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
@@ -41,7 +78,9 @@ def read_run_config(run: Path, extra_layers: list[dict[str, Any]] = ()) -> RunCo
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run}: not a run directory (no config.yaml); train one with `hpcl4sr train`")
-    saved = yaml.safe_load(path.read_text())
+    saved = load_yaml(path)
+    if not isinstance(saved.get("model_name"), str):
+        raise UserError(f"{path}: no model_name; not a config.yaml written by `hpcl4sr train`")
     return config_for_run(saved["model_name"], [saved, *extra_layers])
 
 
@@ -66,6 +105,6 @@ def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None
     config = read_run_config(run)
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len)
-    model.load_state_dict(load_checkpoint(Path(run) / checkpoint)["model"])
+    load_weights(model, Path(run) / checkpoint)
     device = device or ("cpu" if config.train.device == "cpu" else "auto")
     return config, dataset, model.to(resolve_device(device)).eval(), max_len

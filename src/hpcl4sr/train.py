@@ -21,6 +21,11 @@ directory. Checkpoints keep every rank's random states, so a distributed run res
 same number of processes, and their weights load into a single process like any other.
 
 The step never waits for the device except at logging steps (`.item()` on the losses) and validations.
+Those are also where divergence is caught: a NaN or infinite loss term, or non-finite weights before a
+checkpoint would be written, stop the run with one line, and the last checkpoint on disk stays the last
+good one. One process trains a run directory at a time (an advisory lock on RUN/.lock), a resume is checked
+against last.pt before anything is written (docs/design-notes.md, "Reliability"), and a new run that fails
+before its first checkpoint leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +45,13 @@ import yaml
 from tqdm import tqdm
 
 from hpcl4sr import __version__, distributed
-from hpcl4sr.atomic import save_checkpoint, write_text
-from hpcl4sr.config import RunConfig, TrainConfig, apply_overrides
+from hpcl4sr.atomic import check_writable_parent, exclusive_lock, save_checkpoint, write_text
+from hpcl4sr.config import RESUME_MAY_CHANGE, RunConfig, TrainConfig, apply_overrides
 from hpcl4sr.data.dataset import TrainSampler
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate import evaluate_model
 from hpcl4sr.models.base import SequentialRecommender, model_class
-from hpcl4sr.run import build_model, load_checkpoint, load_run, open_dataset, resolve_device
+from hpcl4sr.run import build_model, fit_weights, load_checkpoint, load_run, open_dataset, resolve_device
 
 EARLY_STOP_METRIC = "recall@50"
 
@@ -59,18 +67,26 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line in path.read_text(errors="replace").splitlines() if _step(line) <= resume_step]
             write_text(path, "".join(f"{line}\n" for line in kept))
         elif path.exists():
             path.unlink()
         self.file = path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON: no bare NaN tokens
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
+
+
+def _step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line a kill cut short counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _rng_state() -> dict[str, Any]:
@@ -94,25 +110,112 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
         torch.set_num_threads(settings.threads)
     group, device, joined_here = distributed.join(resolve_device(settings.device))
     try:
-        if not resume and (out / "last.pt").exists():  # a run that never reached a checkpoint may restart
-            raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
-        if group.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        group.barrier()
-        if model_class(config.model_name).fitted:
-            _fit(config, out, resume, group, device)
-        else:
-            _train_loop(config, out, resume, progress, group, device)
-        group.barrier()  # best.pt is complete before any rank reads it
-        return write_test_metrics(out, device, group)
+        checkpoint = _check_resume(config, out, group.world) if resume else _check_new_run(out)
+        created = not out.exists()
+        group.barrier()  # every rank has checked the directory before rank 0 writes into it
+        with run_lock(out, group):
+            try:
+                if group.is_main:
+                    if not resume:
+                        _check_new_run(out)  # again under the lock: another process may have started since
+                    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+                group.barrier()
+                if model_class(config.model_name).fitted:
+                    _fit(config, out, resume, group, device)
+                else:
+                    _train_loop(config, out, checkpoint, progress, group, device)
+                group.barrier()  # best.pt is complete before any rank reads it
+                return write_test_metrics(out, device, group)
+            except BaseException:
+                if group.is_main and not resume and not (out / "last.pt").exists():
+                    _remove_unfinished(out, created)
+                raise
     finally:
         if joined_here:
             distributed.leave()
 
 
-def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, group: distributed.ProcessGroup,
-                device: torch.device) -> None:
+def _check_new_run(out: Path) -> None:
+    """A new run goes into a new or empty directory only (never over a dataset or a user's files)."""
+    check_writable_parent(out, "--out")
+    if not out.is_dir():
+        return
+    present = sorted(path.name for path in out.iterdir() if path.name != ".lock")
+    if "last.pt" in present:
+        raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
+    if present:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        raise UserError(f"--out {out}: not empty (holds {shown}); a new run needs a new or empty directory")
+
+
+def _check_resume(config: RunConfig, out: Path, world: int) -> dict[str, Any]:
+    """last.pt of `out`, checked against `config` before anything is written: a resume may change how long
+    and how fast training goes on (RESUME_MAY_CHANGE), never the model, the data or the optimisation."""
+    path = out / "last.pt"
+    if not path.is_file():
+        raise UserError(f"--resume {out}: no last.pt (the run never reached its first validation); "
+                        "start it again with --out")
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: records no config; not a checkpoint written by `hpcl4sr train`")
+    requested = config.to_dict()
+    if saved.get("model_name") != requested["model_name"]:
+        raise UserError(f"--resume {out}: the run trains {saved.get('model_name')!r}, not "
+                        f"{requested['model_name']!r}; a resume cannot change the model")
+    for section in ("model", "data", "train"):
+        for key, before in (saved.get(section) or {}).items():
+            after = requested[section].get(key, before)
+            if after != before and not (section == "train" and key in RESUME_MAY_CHANGE):
+                raise UserError(f"--resume {out}: {section}.{key} is {before!r} in the run, {after!r} requested; "
+                                f"a resume may change only train.{{{','.join(sorted(RESUME_MAY_CHANGE))}}}")
+    ranks = len(checkpoint.get("ranks", [None]))
+    if ranks != world:
+        raise UserError(f"{path} was written by {ranks} process(es); resume it with as many "
+                        f"(torchrun --nproc_per_node={ranks}) to continue exactly")
+    return checkpoint
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, group: distributed.ProcessGroup = distributed.SINGLE_PROCESS) -> Iterator[None]:
+    """Hold RUN/.lock (rank 0 of a distributed run) so that a second process cannot train into `out`."""
+    if not group.is_main:
+        yield
+        return
+    with exclusive_lock(out / ".lock", wait=False) as holder:
+        if holder is not None:
+            who = f"process {holder}" if holder else "another process"
+            raise UserError(f"{out}: {who} is training this run; wait for it to finish or choose another --out")
+        yield
+
+
+def _remove_unfinished(out: Path, created: bool) -> None:
+    """What a new run wrote before failing, when it never reached a checkpoint (nothing worth keeping)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in out.iterdir():  # the directory was empty when the run began: everything in it is the run's
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != ".lock":
+            path.unlink(missing_ok=True)
+    (out / ".lock").unlink(missing_ok=True)
+
+
+def _non_finite(values: dict[str, float]) -> str | None:
+    """The first NaN or infinite loss term (a named term before the total), as "'cl' is nan"."""
+    for name in sorted(values, key=lambda name: name == "total"):
+        if not math.isfinite(values[name]):
+            return f"loss term {name!r} is {values[name]}"
+    return None
+
+
+def _finite_weights(model: SequentialRecommender) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]).all())
+
+
+def _train_loop(config: RunConfig, out: Path, checkpoint: dict[str, Any] | None, progress: bool,
+                group: distributed.ProcessGroup, device: torch.device) -> None:
     settings = config.train
     dataset, max_len = open_dataset(config)
     torch.manual_seed(settings.seed)  # the initialisation and the in-model draws (negatives); numpy samples batches
@@ -124,14 +227,11 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
                            stream=group.rank)
     state = {"step": 0, "best_metric": -1.0, "best_step": 0, "bad_evals": 0, "finished": False, "seconds": 0.0}
 
+    resume = checkpoint is not None
     if resume:
-        checkpoint = load_checkpoint(out / "last.pt")
-        model.load_state_dict(checkpoint["model"])
+        fit_weights(model, checkpoint, out / "last.pt")
         optimizer.load_state_dict(checkpoint["optimizer"])
         ranks = checkpoint.get("ranks", [{"sampler": checkpoint["sampler"], "rng": checkpoint["rng"]}])
-        if len(ranks) != group.world:
-            raise UserError(f"{out / 'last.pt'} was written by {len(ranks)} process(es); resume it with as many "
-                            f"(torchrun --nproc_per_node={len(ranks)}) to continue exactly")
         sampler.load_state_dict(ranks[group.rank]["sampler"])
         _restore_rng(ranks[group.rank]["rng"])
         state = checkpoint["state"]
@@ -139,8 +239,20 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
         state["finished"] = state["bad_evals"] >= settings.patience
     log = MetricsLog(out / "metrics.jsonl", state["step"] if resume else None) if group.is_main else None
 
+    def stop_if_diverged(step: int, problem: str | None) -> None:
+        """Stop when any rank found a problem (a collective call, at logging steps and before checkpoints)."""
+        problem = next((found for found in group.gather(problem) if found), None)
+        if problem is not None:
+            kept = (f"last good checkpoint kept at {out / 'last.pt'}" if (out / "last.pt").exists()
+                    else "no checkpoint was written yet")
+            raise UserError(f"step {step}: {problem}; {kept} (a lower train.lr may help)")
+
     def save(name: str) -> None:
-        """Write a checkpoint from rank 0, with every rank's random states; a collective call."""
+        """Write a checkpoint from rank 0, with every rank's random states; a collective call.
+
+        Weights that are no longer finite are never saved: the run stops instead.
+        """
+        stop_if_diverged(state["step"], None if _finite_weights(model) else "the weights are NaN or infinite")
         ranks = group.gather({"sampler": sampler.state_dict(), "rng": _rng_state()})
         if not group.is_main:
             return
@@ -183,11 +295,16 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
             state["step"] += 1
             step = state["step"]
             bar.update(1)
-            if step % settings.log_every == 0 and log is not None:
-                record = {name: round(value.item(), 6) for name, value in losses.items()}
-                log.write({"step": step, "split": "train", **record})
-                bar.set_postfix(loss=f"{record['total']:.4f}", best=f"{state['best_metric']:.4f}")
-            if step % settings.eval_every == 0 or step == settings.max_iters:
+            validate_now = step % settings.eval_every == 0 or step == settings.max_iters
+            if step % settings.log_every == 0 or validate_now:  # the only steps that wait for the device
+                values = {name: value.item() for name, value in losses.items()}
+                stop_if_diverged(step, _non_finite(values))
+                if step % settings.log_every == 0 and log is not None:
+                    record = {name: round(value, 6) for name, value in values.items()}
+                    log.write({"step": step, "split": "train", **record})
+                    best = f"{state['best_metric']:.4f}" if state["best_step"] else "-"
+                    bar.set_postfix(loss=f"{record['total']:.4f}", best=best)
+            if validate_now:
                 # Every rank gets the same metrics, so every rank takes the same stopping decision.
                 metrics = evaluate_model(model, dataset, "valid", max_len, settings.eval_batch_size)
                 state["seconds"] = trained_before + time.perf_counter() - started
@@ -205,6 +322,8 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
                 save("last.pt")
     except KeyboardInterrupt:
         # last.pt is only written between steps (at each validation), so it is always consistent.
+        if not (out / "last.pt").exists():
+            raise UserError("interrupted before the first validation; nothing was kept") from None
         raise UserError(f"interrupted; `hpcl4sr train --resume {out}` continues from the last validation") from None
     finally:
         bar.close()

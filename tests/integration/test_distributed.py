@@ -14,7 +14,7 @@ import torch
 
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate import evaluate_model
-from hpcl4sr.run import config_for_run, load_run
+from hpcl4sr.run import load_run, read_run_config
 from hpcl4sr.train import train
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -63,7 +63,7 @@ def test_ranks_keep_identical_parameters(ddp_run: Path) -> None:
 
 def test_rank_zero_alone_writes_the_run(ddp_run: Path) -> None:
     assert {path.name for path in ddp_run.iterdir()} == {
-        "config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
+        ".lock", "config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"}
     records = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "valid"] == [20, 40]  # one line per step, not two
     assert len(torch.load(ddp_run / "last.pt", weights_only=True)["ranks"]) == 2
@@ -93,8 +93,7 @@ def test_distributed_run_resumes_exactly(ddp_run: Path, synthetic_dir: Path) -> 
         assert torch.equal(value, again[name]), name
 
 
-def test_single_process_refuses_to_resume_a_distributed_run(ddp_run: Path, synthetic_dir: Path) -> None:
-    config = config_for_run("comirec-sa", [{"data": {"path": str(synthetic_dir)},
-                                            "train": {"max_iters": 60, "device": "cpu"}}])
+def test_single_process_refuses_to_resume_a_distributed_run(ddp_run: Path) -> None:
+    config = read_run_config(ddp_run, [{"train": {"max_iters": 60}}])  # the run's own config, as --resume reads it
     with pytest.raises(UserError, match="2 process"):
         train(config, ddp_run, resume=True, progress=False)

@@ -169,12 +169,12 @@ def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_p
 
 
 def test_runners_share_a_grid_cell_by_cell(synthetic_dir, tmp_path):
-    from hpcl4sr.experiment import _exclusive
+    from hpcl4sr.atomic import exclusive_lock
 
     file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}})
     out = tmp_path / "out"
-    with _exclusive(out / "runs/synthetic/sa/s1.lock", wait=False) as held:  # as if another runner trained s1
-        assert held
+    with exclusive_lock(out / "runs/synthetic/sa/s1.lock", wait=False) as holder:  # as if another runner held s1
+        assert holder is None
         results = run_experiment(load_experiment(file), out, progress=False, extra={"train": {"threads": 1}})
     assert [r["cell"] for r in results] == ["synthetic/sa/s2"]
     assert not (out / "runs/synthetic/sa/s1").exists()
@@ -204,7 +204,8 @@ def test_runners_option_trains_each_cell_once_and_records_all(synthetic_dir, tmp
 
     failed = subprocess.run([*command, "--runners", "2", "--set", "train.no_such_key=1"], capture_output=True,
                             text=True)
-    assert failed.returncode != 0 and "2 runner(s) failed" in failed.stderr and "no_such_key" in failed.stderr
+    # a bad --set is refused before any runner starts, in one line
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "no_such_key" in failed.stderr
 
 
 @pytest.mark.parametrize("name", ["table2", "table3", "sweeps", "similarity"])
@@ -221,12 +222,12 @@ def test_shipped_experiment_files_are_valid(name, tmp_path):
 
 
 def test_a_dataset_that_cannot_be_fetched_names_its_files_and_the_option(tmp_path, shared_data):
-    from hpcl4sr.experiment import prepared_dataset
+    from hpcl4sr.experiment import check_dataset, prepared_dataset
 
     experiment = load_experiment(Path(__file__).parents[2] / "experiments" / "table2.yaml")
     with pytest.raises(UserError, match=r"Beauty.txt not found; .* --raw amazon-beauty=PATH/Beauty.txt,"
                                         r"PATH/item_categories.tsv"):
-        prepared_dataset(experiment.datasets["amazon-beauty"], tmp_path)
+        check_dataset(experiment.datasets["amazon-beauty"], tmp_path)  # before any work
     folder = shared_data / "amazon-beauty"
     given = experiment.with_raw({"amazon-beauty": [folder / "Beauty.txt", folder / "item_categories.tsv"]})
     prepared = prepared_dataset(given.datasets["amazon-beauty"], tmp_path)

@@ -20,7 +20,8 @@ import torch
 from hpcl4sr.errors import UserError
 
 SPLITS = ("train", "valid", "test")
-REQUIRED_FILES = ("meta.json", "offsets.npy", "items.npy", "times.npy", "item_category.npy")
+REQUIRED_FILES = ("meta.json", "offsets.npy", "items.npy", "times.npy", "item_category.npy",
+                  *(f"{split}_users.npy" for split in SPLITS))
 
 
 @dataclass
@@ -53,22 +54,68 @@ class SequenceDataset:
                 f"{self.path}: not a prepared dataset directory (missing {', '.join(missing)}); "
                 "create one with `hpcl4sr prepare`"
             )
-        self.meta: dict[str, Any] = json.loads((self.path / "meta.json").read_text())
-        self.offsets = np.load(self.path / "offsets.npy", mmap_mode="r")
-        self.items = np.load(self.path / "items.npy", mmap_mode="r")
-        self.times = np.load(self.path / "times.npy", mmap_mode="r")
-        self.item_category = np.load(self.path / "item_category.npy")
-        self.split_users = {name: np.load(self.path / f"{name}_users.npy") for name in SPLITS}
+        self.meta: dict[str, Any] = self._read_meta()
+        self.offsets = self._array("offsets.npy", mmap=True)
+        self.items = self._array("items.npy", mmap=True)
+        self.times = self._array("times.npy", mmap=True)
+        self.item_category = self._array("item_category.npy")
+        self.split_users = {name: self._array(f"{name}_users.npy") for name in SPLITS}
         self.lengths = np.diff(self.offsets)
         self.n_users = len(self.offsets) - 1
         self.n_items = int(self.meta["items"])
         self.n_categories = int(self.meta["categories"])
+        self._check_consistent()
         self._raw_ids: dict[str, list[str]] = {}
+
+    def _damaged(self, name: str, what: str) -> UserError:
+        return UserError(f"{self.path / name}: {what}; the dataset is damaged, prepare it again")
+
+    def _read_meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self._damaged("meta.json", f"not valid JSON ({type(err).__name__})") from None
+        keys = ("items", "categories", "max_len")
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(key), int) for key in keys):
+            raise self._damaged("meta.json", f"expected an object with integer {', '.join(keys)}")
+        return meta
+
+    def _array(self, name: str, mmap: bool = False) -> np.ndarray:
+        """A one-dimensional integer array, refused with its file name when it cannot be read."""
+        try:
+            array = np.load(self.path / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise self._damaged(name, f"not a readable .npy array ({reason})") from None
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise self._damaged(name, f"expected a 1-d integer array, found {array.dtype} {array.shape}")
+        return array
+
+    def _check_consistent(self) -> None:
+        """The cheap invariants every later index relies on, so damage is an error here, not a crash later."""
+        if self.n_users < 1 or self.offsets[0] != 0 or (self.lengths < 0).any():
+            raise self._damaged("offsets.npy", "expected non-decreasing row pointers starting at 0")
+        for name, array in (("items.npy", self.items), ("times.npy", self.times)):
+            if len(array) != self.offsets[-1]:
+                raise self._damaged(name, f"holds {len(array)} values, offsets.npy expects {self.offsets[-1]}")
+        if len(self.items) and not (1 <= self.items.min() and self.items.max() <= self.n_items):
+            raise self._damaged("items.npy", f"expected item ids 1..{self.n_items} (meta.json items)")
+        if len(self.item_category) != self.n_items + 1:
+            raise self._damaged("item_category.npy", f"expected {self.n_items + 1} values (meta.json items + 1)")
+        for name, users in self.split_users.items():
+            if len(users) and not (0 <= users.min() and users.max() < self.n_users):
+                raise self._damaged(f"{name}_users.npy", f"expected user indices 0..{self.n_users - 1}")
 
     def raw_ids(self, kind: str) -> list[str]:
         """Raw ids of `user`, `item` or `category`, indexed by internal id (read on first use)."""
         if kind not in self._raw_ids:
-            lines = (self.path / f"{kind}_ids.txt").read_text(encoding="utf-8").split("\n")
+            path = self.path / f"{kind}_ids.txt"
+            try:
+                lines = path.read_text(encoding="utf-8").split("\n")
+            except FileNotFoundError:
+                raise self._damaged(path.name, "missing") from None
+            except UnicodeDecodeError:
+                raise self._damaged(path.name, "not UTF-8 text") from None
             self._raw_ids[kind] = lines[:-1]
         return self._raw_ids[kind]
 

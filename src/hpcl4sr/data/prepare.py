@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from hpcl4sr import __version__
-from hpcl4sr.atomic import atomic_directory
+from hpcl4sr.atomic import atomic_directory, check_new_output
 from hpcl4sr.data.sources import RawLog, read_source
 from hpcl4sr.errors import UserError
 
@@ -46,6 +46,14 @@ class PrepareOptions:
     max_len: int = 0  # 0: 20 for tmall, 30 otherwise; stored in meta.json for training
     seed: int = 2024
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def validate(self) -> None:
+        if self.min_count < 1:
+            raise UserError(f"--min-count: expected a positive integer, got {self.min_count}")
+        if self.max_len < 0:
+            raise UserError(f"--max-len: expected an integer >= 0 (0: the source's default), got {self.max_len}")
+        if self.filter not in ("paper", "kcore", "none"):
+            raise UserError(f"--filter: expected paper, kcore or none, got {self.filter!r}")
 
     def resolved_max_len(self) -> int:
         return self.max_len or DEFAULT_MAX_LEN.get(self.source, 30)
@@ -115,21 +123,21 @@ def _split_users(n_users: int, fractions: tuple[float, float, float], seed: int)
     ]
 
 
-def _write_lines(path: Path, values: list[str]) -> None:
+def _write_lines(path: Path, values: list[str], source: str) -> None:
     bad = next((v for v in values if "\n" in v or "\r" in v), None)
     if bad is not None:
-        raise UserError(f"raw id {bad!r} contains a line break; ids must be single-line strings")
+        raise UserError(f"{source}: raw id {bad!r} contains a line break; ids must be single-line strings")
     path.write_text("\n".join(values) + "\n", encoding="utf-8")
 
 
 def prepare(raw: RawLog, options: PrepareOptions, out: Path) -> dict[str, Any]:
     """Build the dataset directory `out` from a raw log; returns the meta dict written to meta.json."""
     started = time.perf_counter()
-    if options.min_count < 1:
-        raise UserError(f"--min-count: expected a positive integer, got {options.min_count}")
-    if options.filter not in ("paper", "kcore", "none"):
-        raise UserError(f"--filter: expected paper, kcore or none, got {options.filter!r}")
+    options.validate()
+    check_new_output(out, "--out")
     codes, items, users = _encode(raw.interactions)
+    if users.height == 0:
+        raise UserError(f"{raw.name}: no interactions (only a header?)")
     keep = _filter(
         codes["user_code"], codes["item_code"], users.height, items.height, options.filter, options.min_count
     )
@@ -197,9 +205,9 @@ def prepare(raw: RawLog, options: PrepareOptions, out: Path) -> dict[str, Any]:
         np.save(staging / "item_category.npy", item_category)
         for name, split in zip(("train", "valid", "test"), splits):
             np.save(staging / f"{name}_users.npy", split)
-        _write_lines(staging / "user_ids.txt", user_map["user"].to_list())
-        _write_lines(staging / "item_ids.txt", [PAD_MARKER, *item_map["item"].to_list()])
-        _write_lines(staging / "category_ids.txt", [PAD_MARKER, *category_map["category"].to_list()])
+        _write_lines(staging / "user_ids.txt", user_map["user"].to_list(), raw.name)
+        _write_lines(staging / "item_ids.txt", [PAD_MARKER, *item_map["item"].to_list()], raw.name)
+        _write_lines(staging / "category_ids.txt", [PAD_MARKER, *category_map["category"].to_list()], raw.name)
         if raw.user_features is not None:
             features = user_map.drop("user_code").join(raw.user_features, on="user", how="left").drop("user")
             features = features.rename({"user_id": "user_index"}).sort("user_index")
@@ -215,4 +223,6 @@ def prepare_from_files(
 ) -> dict[str, Any]:
     """Read with the named source's reader, then `prepare`; the CLI's `prepare` command."""
     options = PrepareOptions(source=source, **kwargs)
+    options.validate()  # every check that needs no data before the (possibly long) read
+    check_new_output(out, "--out")
     return prepare(read_source(source, raw_paths, reader_options or {}), options, out)

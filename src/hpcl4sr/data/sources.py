@@ -10,6 +10,7 @@ line and column instead of surfacing as an opaque polars error later.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import zipfile
@@ -33,11 +34,12 @@ class RawLog:
 
     `interactions` has columns user, item, category (Utf8), time and order (Int64). `user_features` has a
     'user' column plus one Utf8 column per profile field (nulls allowed), one row per user, or is None when
-    the source carries no profile.
+    the source carries no profile. `name` is what error messages call the log (its first file).
     """
 
     interactions: pl.LazyFrame
     user_features: pl.DataFrame | None
+    name: str = "the raw log"
 
 
 Reader = Callable[[list[Path], dict[str, Any]], RawLog]
@@ -48,7 +50,9 @@ def read_source(source: str, raw: list[Path], options: dict[str, Any] | None = N
     """Read `raw` with the reader named `source`; the CLI's single entry point into this module."""
     if source not in READERS:
         raise UserError(f"unknown source '{source}'; expected one of: {', '.join(READERS)}")
-    return READERS[source]([Path(p) for p in raw], dict(options or {}))
+    paths = [Path(p) for p in raw]
+    log = READERS[source](paths, dict(options or {}))
+    return dataclasses.replace(log, name=str(paths[0]))
 
 
 def _reader(
@@ -85,6 +89,8 @@ def _reader(
 
 
 def _existing(path: Path) -> Path:
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a raw file")
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     return path
@@ -181,9 +187,9 @@ class _Field:
 
 
 def _text(column: str) -> _Field:
-    """A required id: empty is an error, anything else is kept verbatim as a string."""
+    """A required id: empty or only spaces is an error, anything else is kept verbatim as a string."""
     value = pl.col(column).cast(pl.String)
-    return _Field(column, pl.when(value.str.len_bytes() > 0).then(value), "a non-empty value")
+    return _Field(column, pl.when(value.str.strip_chars().str.len_bytes() > 0).then(value), "a non-empty value")
 
 
 def _integer(column: str) -> _Field:
@@ -217,7 +223,7 @@ def _validated(
         row = bad.row(0, named=True)
         name = next(n for n in fields if row[f"bad_{n}"])
         value = row[f"raw_{name}"]
-        got = "an empty value" if value is None or not value.strip() else repr(value)
+        got = "an empty value" if not value else "a blank value" if not value.strip() else repr(value)
         raise UserError(
             f"{path} {unit} {row[_ROW] + first}, column '{fields[name].raw}': "
             f"expected {fields[name].expected}, got {got}"
@@ -456,6 +462,10 @@ def _generic(
     mapping = {out: options[f"{out}_col"] for out in ("user", "item", "category", "time")}
     schema = _schema(frame, path)
     _require(path, schema, mapping.values(), _flag_hint(options))
+    for out in ("user", "item", "category"):
+        dtype = schema[mapping[out]]
+        if dtype.is_nested() or dtype in (pl.Binary, pl.Object, pl.Null):
+            raise UserError(f"{path}: column '{mapping[out]}' has type {dtype}; expected text or numbers as ids")
     fields = {out: _text(mapping[out]) for out in ("user", "item", "category")}
     fields["time"] = time(mapping["time"], schema[mapping["time"]])
     return RawLog(_validated(frame, path, fields, **where), None)
