@@ -25,6 +25,10 @@ def torchrun(data: Path, run: Path, max_iters: int, *extra: str) -> None:
 
     Two launches out of about forty failed on a loaded 2-core machine, and their output was not kept; a
     deterministic bug fails both attempts, and a first failure is reported as a warning with its output.
+    One failure seen since (1 in about 90 launches, under a concurrent full suite) was rank 0 aborting
+    with "terminate called without an active exception" (SIGABRT) after its last validation, the agent
+    then stopping rank 1: a crash inside torch/gloo at teardown, not a rendezvous port (torchrun
+    --standalone binds its store to port 0 and the workers reuse it) and not a timeout.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(WORKER), str(data), str(run), str(max_iters), *extra]
