@@ -86,6 +86,12 @@ def current_group() -> ProcessGroup:
                         local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def leave() -> None:
+def leave(synchronise: bool = True) -> None:
+    """Leave the group. `synchronise` first waits for every rank, so that no rank tears gloo's connections
+    down while a peer still uses them (a rank that destroyed the group early once aborted its peer with
+    "terminate called without an active exception"); a rank leaving on an error skips the wait, which
+    could otherwise hang on a peer that never arrives."""
     if dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,7 +133,7 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
                 raise
     finally:
         if joined_here:
-            distributed.leave()
+            distributed.leave(synchronise=sys.exc_info()[0] is None)
 
 
 def _check_new_run(out: Path) -> None:
