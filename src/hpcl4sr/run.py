@@ -6,12 +6,16 @@ imports the trainer; the trainer builds its model through the same `build_model`
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.config import RunConfig, build_config
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
@@ -37,35 +41,90 @@ def config_for_run(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
     return build_config(model_name, cls.config_class(), layers)
 
 
+# config.yaml's data.path is written relative to the run directory when it can be (so that moving a run and
+# its dataset together keeps them paired) and this top-level key keeps the absolute path as a fallback.
+ABSOLUTE_DATA_KEY = "data_path_absolute"
+
+
 def read_run_config(run: Path, extra_layers: list[dict[str, Any]] = ()) -> RunConfig:
+    """The run's config with data.path resolved: the layers' own path (e.g. --data) wins, then the recorded
+    path relative to the run directory, then the recorded absolute one.
+
+    Runs written before paths were recorded relative (data.path absolute, data.max_len 0) load unchanged.
+    """
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run}: not a run directory (no config.yaml); train one with `hpcl4sr train`")
     saved = yaml.safe_load(path.read_text())
+    absolute = saved.pop(ABSOLUTE_DATA_KEY, "")
+    recorded = str(saved.get("data", {}).get("path", ""))
+    candidates = [Path(run) / recorded if recorded else None, Path(absolute) if absolute else None]
+    found = next((str(c.resolve()) for c in candidates if c is not None and c.is_dir()), recorded or absolute)
+    saved = {**saved, "data": {**saved.get("data", {}), "path": found}}
     return config_for_run(saved["model_name"], [saved, *extra_layers])
+
+
+def run_config_for_disk(config: RunConfig, run: Path) -> dict[str, Any]:
+    """What train writes to config.yaml: the effective max_len, and data.path relative to the run directory
+    (when both sit on one file system tree) with the absolute path beside it."""
+    saved = config.to_dict()
+    if config.data.path:
+        data = Path(config.data.path).resolve()
+        saved["data"]["max_len"] = config.data.max_len or int(read_meta(data).get("max_len", 0))
+        saved["data"]["path"] = os.path.relpath(data, Path(run).resolve())
+        saved[ABSOLUTE_DATA_KEY] = str(data)
+    return saved
+
+
+def read_meta(data: Path) -> dict[str, Any]:
+    path = Path(data) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def with_data(config: RunConfig, data: Path | None) -> RunConfig:
+    """`config` with data.path replaced by an explicit --data DIR (None: unchanged)."""
+    if data is None:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(Path(data).resolve())))
 
 
 def open_dataset(config: RunConfig) -> tuple[SequenceDataset, int]:
     """The run's dataset and the effective max_len (the config's, else the one `prepare` recorded)."""
     if not config.data.path:
         raise UserError("no dataset: pass --data DIR (a directory written by `hpcl4sr prepare`)")
+    if not Path(config.data.path).is_dir():
+        raise UserError(f"{config.data.path}: the run's dataset directory is gone; pass --data DIR "
+                        "(the directory written by `hpcl4sr prepare`)")
     dataset = SequenceDataset(config.data.path)
     return dataset, config.data.max_len or int(dataset.meta["max_len"])
 
 
-def build_model(config: RunConfig, dataset: SequenceDataset, max_len: int) -> SequentialRecommender:
-    return model_class(config.model_name)(config.model, dataset, max_len)
+def build_model(config: RunConfig, data: SequenceDataset | Catalogue, max_len: int) -> SequentialRecommender:
+    """The untrained model of `config` over a dataset (for training) or a catalogue (e.g. an artifact's)."""
+    catalogue = Catalogue.of(data) if isinstance(data, SequenceDataset) else data
+    return model_class(config.model_name)(config.model, catalogue, max_len)
 
 
-def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None
+def load_weights(model: SequentialRecommender, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's weights. Checkpoints written before a buffer became persistent (HPCL4SR's
+    category graph) lack it: a model built from a dataset has already computed it, so it is kept."""
+    missing = set(model.state_dict()) - set(state)
+    buffers = dict(model.named_buffers())
+    if missing and missing <= set(buffers):
+        state = {**state, **{name: buffers[name] for name in missing}}
+    model.load_state_dict(state)
+
+
+def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None, data: Path | None = None
              ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender, int]:
     """A trained run ready for inference: its config, dataset, model (eval mode) and max_len.
 
-    `device` None: CUDA when available unless the run was trained with train.device cpu.
+    `device` None: CUDA when available unless the run was trained with train.device cpu. `data` overrides
+    the recorded dataset directory. The model also carries its max_len (`model.max_len`).
     """
-    config = read_run_config(run)
+    config = with_data(read_run_config(run), data)
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len)
-    model.load_state_dict(load_checkpoint(Path(run) / checkpoint)["model"])
+    load_weights(model, load_checkpoint(Path(run) / checkpoint)["model"])
     device = device or ("cpu" if config.train.device == "cpu" else "auto")
     return config, dataset, model.to(resolve_device(device)).eval(), max_len

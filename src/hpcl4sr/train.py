@@ -38,7 +38,15 @@ from hpcl4sr.data.dataset import TrainSampler
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate import evaluate_model
 from hpcl4sr.models.base import SequentialRecommender
-from hpcl4sr.run import build_model, load_checkpoint, load_run, open_dataset, resolve_device
+from hpcl4sr.run import (
+    build_model,
+    load_checkpoint,
+    load_run,
+    load_weights,
+    open_dataset,
+    resolve_device,
+    run_config_for_disk,
+)
 
 EARLY_STOP_METRIC = "recall@50"
 
@@ -93,7 +101,7 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
             raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
         if group.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_text(out / "config.yaml", yaml.safe_dump(run_config_for_disk(config, out), sort_keys=False))
         group.barrier()
         _train_loop(config, out, resume, progress, group, device)
         group.barrier()  # best.pt is complete before any rank reads it
@@ -118,7 +126,7 @@ def _train_loop(config: RunConfig, out: Path, resume: bool, progress: bool, grou
 
     if resume:
         checkpoint = load_checkpoint(out / "last.pt")
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         ranks = checkpoint.get("ranks", [{"sampler": checkpoint["sampler"], "rng": checkpoint["rng"]}])
         if len(ranks) != group.world:

@@ -23,7 +23,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate_core import topk_multi_interest
 from hpcl4sr.models.layers import NegativeReweighting, full_softmax_loss, hard_readout, sampled_softmax_loss
@@ -62,10 +63,10 @@ class SequentialRecommender(nn.Module):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
 
-    def __init__(self, config: ModelConfig, dataset: SequenceDataset, max_len: int) -> None:
+    def __init__(self, config: ModelConfig, catalogue: Catalogue, max_len: int) -> None:
         super().__init__()
         self.config = config
-        self.n_items = dataset.n_items
+        self.n_items = catalogue.n_items
         self.max_len = max_len
         self.item_embedding = nn.Embedding(self.n_items + 1, config.dim, padding_idx=0)
         if config.embedding_init == "glorot":  # uniform(+-sqrt(6 / (N + 1 + d))), tiny for big catalogues

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.graph import Diffusion, training_graph
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
@@ -91,10 +92,10 @@ class GradientReversal(torch.autograd.Function):
 class HPCL4SR(SequentialRecommender):
     config_class = HPCL4SRConfig
 
-    def __init__(self, config: HPCL4SRConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
-        dim, n_categories = config.dim, dataset.n_categories
-        self.register_buffer("item_category", torch.as_tensor(dataset.item_category, dtype=torch.long),
+    def __init__(self, config: HPCL4SRConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
+        dim, n_categories = config.dim, catalogue.n_categories
+        self.register_buffer("item_category", torch.as_tensor(catalogue.item_category, dtype=torch.long),
                              persistent=False)
         # Low-level path (eq. 7-10).
         self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
@@ -107,7 +108,8 @@ class HPCL4SR(SequentialRecommender):
             self.classifier = nn.Linear(dim, n_categories + 1)
         # High-level path (eq. 1-6) and fusion (eq. 13).
         if config.high_level:
-            self.diffusion = Diffusion(training_graph(dataset), config.alpha, config.hops)
+            graph = training_graph(catalogue.training) if catalogue.training is not None else None
+            self.diffusion = Diffusion(graph, n_categories + 1, config.alpha, config.hops)
             self.category_embedding = nn.Embedding(n_categories + 1, dim)
             nn.init.normal_(self.category_embedding.weight, std=dim**-0.5)
             self.gcn = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(config.gcn_layers))
