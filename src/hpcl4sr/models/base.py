@@ -6,7 +6,7 @@ one evaluator and one server serve them all:
 - `interests(batch) -> Tensor[B, K, d]` (K = 1 for single-vector models);
 - `item_embeddings() -> Tensor[n_items + 1, d]`, row 0 being padding;
 - `loss(batch) -> dict[str, Tensor]` with `total` and each named term (`rec`, `class`, `cl`, ...);
-- `rank(batch, n, exclude) -> (items, scores, interest)`, the top-n items of each user. Every caller
+- `rank(batch, n, exclude, index) -> (items, scores, interest)`, the top-n items of each user. Every caller
   (evaluation, recommendations, analyses) ranks through it; the default retrieves with each interest
   over the item table and merges, and a model that scores items another way overrides it.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate_core import topk_multi_interest
 from hpcl4sr.models.layers import NegativeReweighting, full_softmax_loss, hard_readout, sampled_softmax_loss
+
+if TYPE_CHECKING:
+    from hpcl4sr.serve.index import ItemIndex
 
 MODELS: dict[str, type[SequentialRecommender]] = {}
 
@@ -83,12 +86,16 @@ class SequentialRecommender(nn.Module):
         return self.item_embedding.weight
 
     def rank(
-        self, batch: Batch, n: int, exclude: torch.Tensor | None = None
+        self, batch: Batch, n: int, exclude: torch.Tensor | None = None, index: ItemIndex | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-n item ids [B, n], their scores and the interest that retrieved each, best first.
 
-        `exclude` [B, L] (0-padded item ids) never appear. Exact: see `topk_multi_interest`.
+        `exclude` [B, L] (0-padded item ids) never appear. Exact (`topk_multi_interest`) unless an `index`
+        built over `item_embeddings()` is given (hpcl4sr.serve.index: faiss for large catalogues); models
+        that override `rank` ignore the index.
         """
+        if index is not None:
+            return index.rank(self.interests(batch), n, exclude=exclude)
         return topk_multi_interest(self.interests(batch), self.item_embeddings(), n, exclude=exclude)
 
     def recommendation_loss(
