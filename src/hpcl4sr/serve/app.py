@@ -14,8 +14,6 @@ under a millisecond on Ta-Feng, so batching concurrent requests does not pay on 
 (docs/performance.md, "Serving", has the measurements).
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import asdict
 from importlib import resources
@@ -52,37 +50,29 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self.reject(send)
             return
-        received = 0
-        response_started = False
+        received, rejected = 0, False
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal received
+            # Past the limit: answer 413 now and tell the application the client left, so it stops reading.
+            nonlocal received, rejected
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal response_started
-            response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not response_started:
+            if received > self.limit and not rejected:
+                rejected = True
                 await self.reject(send)
+            return {"type": "http.disconnect"} if rejected else message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not rejected:  # whatever the application answers after a 413 is dropped
+                await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
 
     async def reject(self, send: Any) -> None:
         body = b'{"error":"request body over 1 MB"}'
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def create_app(recommender: Recommender) -> Any:
