@@ -250,11 +250,12 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     index: Annotated[str, typer.Option(help="exact, faiss-flat, faiss-hnsw or faiss-ivf.")] = "exact",
     data: Annotated[Path | None, typer.Option(help="Prepared dataset directory, overriding the run's.")] = None,
+    threads: Annotated[int, typer.Option(help="Torch threads (1 suits batch-1 requests).")] = 1,
 ) -> None:
     """Serve recommendations over HTTP (JSON API, OpenAPI docs at /docs) with a web page at /."""
     from hpcl4sr.serve.app import run_server
 
-    run_server(model, host, port, index, data)
+    run_server(model, host, port, index, data, threads)
 
 
 @analyze_app.command("similarity")

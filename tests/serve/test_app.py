@@ -97,3 +97,19 @@ def test_an_internal_failure_is_a_json_500_without_traceback(client, monkeypatch
     response = client.get("/items/anything")
     assert response.status_code == 500 and response.json() == {"error": "internal error"}
     assert "Traceback" not in response.text and "secret" not in response.text
+
+
+def test_the_micro_batcher_answers_concurrent_requests_as_single_ones(client):
+    import asyncio
+
+    from hpcl4sr.serve.app import MicroBatcher
+
+    rec = client.rec
+    batcher = MicroBatcher(rec, max_batch=3)
+    asks = [(rec.query(user=user), n) for user, n in zip(rec.data.user_ids[:7], (5, 5, 9, 5, 9, 5, 1))]
+
+    async def together():
+        return await asyncio.gather(*(batcher.recommend(query, n) for query, n in asks))
+
+    answers = asyncio.run(together())
+    assert [a.to_dict() for a in answers] == [rec.recommend_queries([q], n)[0].to_dict() for q, n in asks]

@@ -122,7 +122,22 @@ class HPCL4SR(SequentialRecommender):
 
     # --- high-level preference interests Q_u (eq. 1-6) ---------------------------------------------
     def category_table(self) -> torch.Tensor:
-        """H-hat: the layer mean of the residual GCN over the diffused graph (eq. 3-4)."""
+        """H-hat: the layer mean of the residual GCN over the diffused graph (eq. 3-4).
+
+        It depends on the weights only, not on the batch: without gradients (evaluation, serving) it is
+        computed once per state of the weights and reused (a third of a serving request's time otherwise).
+        """
+        if torch.is_grad_enabled():
+            return self.compute_category_table()
+        inputs = [self.category_embedding.weight, self.diffusion.matrix, *self.gcn.parameters()]
+        # In-place updates (optimiser steps, load_state_dict) bump _version; the cache holds the inputs, so
+        # their ids cannot be reused by other tensors while it lives.
+        key = tuple((id(tensor), tensor._version) for tensor in inputs)
+        if getattr(self, "_table_cache", (None,))[0] != key:
+            self._table_cache = (key, self.compute_category_table(), inputs)
+        return self._table_cache[1]
+
+    def compute_category_table(self) -> torch.Tensor:
         layer = self.category_embedding.weight
         layers = [layer]
         for weight in self.gcn:

@@ -9,19 +9,23 @@ Endpoints (OpenAPI docs at /docs):
 Errors are JSON {"error": ...}: 404 unknown ids, 422 malformed requests or n outside [1, 1000], 413 bodies
 over 1 MB, 400 other bad input, 500 "internal error" without a traceback.
 
-Requests are answered one forward pass each, in the event loop: at batch 1 a forward pass takes well
-under a millisecond on Ta-Feng, so batching concurrent requests does not pay on 2 cores
-(docs/performance.md, "Serving", has the measurements).
+Recommendation requests are micro-batched: those that arrive while a forward pass runs are answered
+together by the next one (`MicroBatcher`). On Ta-Feng a batch of 8 costs HPCL4SR about a quarter of 8
+single passes (docs/performance.md, "Serving", has the measurements), and a lone request waits for
+nothing: the batcher never delays a pass to collect more.
 """
 
+import asyncio
 import logging
+from collections import defaultdict
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from hpcl4sr.errors import UserError
-from hpcl4sr.serve.recommender import MAX_N, Recommender, UnknownId, load
+from hpcl4sr.serve.recommender import MAX_N, Recommendations, Recommender, UnknownId, load
+from hpcl4sr.serve.recommender import Query as Resolved
 
 MAX_BODY_BYTES = 1 << 20
 log = logging.getLogger("hpcl4sr.serve")
@@ -75,6 +79,42 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class MicroBatcher:
+    """Answers the recommendation requests pending at each turn of the event loop with one forward pass
+    per list length n (up to `max_batch` requests)."""
+
+    def __init__(self, recommender: Recommender, max_batch: int = 64) -> None:
+        self.recommender, self.max_batch = recommender, max_batch
+        self.pending: list[tuple[Resolved, int, asyncio.Future]] = []
+        self.worker: asyncio.Task | None = None
+
+    async def recommend(self, query: Resolved, n: int) -> Recommendations:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((query, n, future))
+        if self.worker is None:
+            self.worker = asyncio.create_task(self.drain())
+        return await future
+
+    async def drain(self) -> None:
+        try:
+            while self.pending:
+                await asyncio.sleep(0)  # let the handlers that are ready queue their requests too
+                taken, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+                by_n: dict[int, list[tuple[Resolved, asyncio.Future]]] = defaultdict(list)
+                for query, n, future in taken:
+                    by_n[n].append((query, future))
+                for n, group in by_n.items():
+                    try:
+                        answers = self.recommender.recommend_queries([query for query, _ in group], n)
+                    except Exception as err:  # noqa: BLE001  (each waiting request gets the error)
+                        answers = [err] * len(group)
+                    for (_, future), answer in zip(group, answers):
+                        if not future.done():
+                            (future.set_exception if isinstance(answer, Exception) else future.set_result)(answer)
+        finally:
+            self.worker = None
+
+
 def create_app(recommender: Recommender) -> Any:
     """The FastAPI application over a loaded recommender."""
     fastapi, _ = import_serving()
@@ -93,6 +133,7 @@ def create_app(recommender: Recommender) -> Any:
                           version=__import__("hpcl4sr").__version__)
     page = resources.files("hpcl4sr.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     count = Query(20, ge=1, le=MAX_N, description="How many items.")
+    batcher = MicroBatcher(recommender)
 
     @app.exception_handler(UnknownId)
     async def unknown(_request: Any, err: UnknownId) -> JSONResponse:
@@ -127,12 +168,14 @@ def create_app(recommender: Recommender) -> Any:
         return {"users": recommender.users(limit)}
 
     @app.get("/users/{user_id}/recommendations")
-    async def user_recommendations(user_id: str, n: int = count) -> dict[str, Any]:
-        return recommender.recommend(user=user_id, n=n).to_dict()
+    async def user_recommendations(user_id: str, n: int = count) -> JSONResponse:
+        answer = await batcher.recommend(recommender.query(user=user_id), n)
+        return JSONResponse(answer.to_dict())
 
     @app.post("/recommendations")
-    async def history_recommendations(request: HistoryRequest = Body(...)) -> dict[str, Any]:
-        return recommender.recommend(history=request.history, n=request.n, times=request.times).to_dict()
+    async def history_recommendations(request: HistoryRequest = Body(...)) -> JSONResponse:
+        answer = await batcher.recommend(recommender.query(history=request.history, times=request.times), request.n)
+        return JSONResponse(answer.to_dict())
 
     @app.get("/users/{user_id}/interests")
     async def user_interests(user_id: str, n: int = Query(10, ge=1, le=MAX_N)) -> dict[str, Any]:
@@ -151,8 +194,15 @@ def create_app(recommender: Recommender) -> Any:
 
 
 def run_server(model: Path, host: str = "127.0.0.1", port: int = 8000, index: str = "exact",
-               data: Path | None = None) -> None:
-    """Load `model` (an export or a run directory) and serve it until interrupted."""
+               data: Path | None = None, threads: int = 1) -> None:
+    """Load `model` (an export or a run directory) and serve it until interrupted.
+
+    `threads` torch threads: one by default, since a batch-1 forward pass gains nothing from more and
+    idle intra-op threads spinning beside the server's own work cost more than they bring.
+    """
+    import torch
+
     _, uvicorn = import_serving()
+    torch.set_num_threads(threads)
     app = create_app(load(model, data=data, index=index))
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -61,7 +61,7 @@ class FaissIndex:
     """
 
     def __init__(self, item_embeddings: torch.Tensor, kind: str = "flat", hnsw_m: int = 32,
-                 ef_search: int = 128, nlist: int = 0, nprobe: int = 32, threads: int = 0) -> None:
+                 ef_search: int = 256, nlist: int = 0, nprobe: int = 16, threads: int = 0) -> None:
         faiss = import_faiss()
         if threads:
             faiss.omp_set_num_threads(threads)

@@ -10,7 +10,6 @@ profile field takes its learned "unknown" embedding.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,9 @@ class Recommendations:
     cold: bool = False  # no known history item: `items` are the most popular items
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A JSON-ready copy (what dataclasses.asdict gives, several times faster)."""
+        return {**vars(self), "items": [{**vars(row)} for row in self.items],
+                "history": [{**vars(row)} for row in self.history], "unknown": list(self.unknown)}
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Recommender:
         self.index: ItemIndex | None = None
         if index != "exact" and type(model).rank is SequentialRecommender.rank:
             self.index = make_index(index, model.item_embeddings())
+        self.item_category_ids = [data.category_ids[c] for c in data.catalogue.item_category.tolist()]
         self.popular = np.argsort(-data.popularity[1:], kind="stable")[:MAX_N] + 1
 
     @property
@@ -133,8 +135,7 @@ class Recommender:
 
     # --- answers -----------------------------------------------------------------------------------
     def item_of(self, item: int, score: float | None = None, interest: int | None = None) -> Item:
-        category = self.data.category_ids[int(self.data.catalogue.item_category[item])]
-        return Item(self.data.item_ids[item], category, score, interest)
+        return Item(self.data.item_ids[item], self.item_category_ids[item], score, interest)
 
     def history_of(self, query: Query) -> list[Item]:
         return [self.item_of(item) for item in query.history[query.history > 0].tolist()]
