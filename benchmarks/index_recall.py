@@ -17,12 +17,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+from common import git_commit
 
 from hpcl4sr.serve.index import ExactIndex, FaissIndex
 
@@ -87,7 +87,7 @@ def main() -> None:
     measure("faiss-flat", lambda: FaissIndex(table, "flat"))
     measure("faiss-hnsw", lambda: FaissIndex(table, "hnsw"), efSearch=[int(v) for v in args.ef_search.split(",")])
     measure("faiss-ivf", lambda: FaissIndex(table, "ivf"), nprobe=[int(v) for v in args.nprobe.split(",")])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     print(json.dumps({
         "benchmark": "index_recall", "embeddings": "synthetic (clustered, 1,400 categories)", "items": args.items,
         "dim": DIM, "interests": K, "n": N, "queries": args.queries, "batch": args.batch, "seed": args.seed,

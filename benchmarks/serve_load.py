@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from common import git_commit
 
 import hpcl4sr
 import hpcl4sr.serve.recommender
@@ -111,8 +112,8 @@ def main() -> None:
     args = parser.parse_args()
 
     report = {"benchmark": "serve_load", "n": args.n, "seconds": args.seconds, "cpus": os.cpu_count(),
-              "load_before": os.getloadavg(), "commit": subprocess.run(
-                  ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(), "models": []}
+              "load_before": os.getloadavg(), "commit": git_commit(),
+              "models": []}
     for model in args.model:
         requests = Requests(hpcl4sr.load(model), args.n, args.seed)
         user_request, history_request = requests.user, requests.history

@@ -119,3 +119,27 @@ def test_a_run_directory_loads_moved_with_its_dataset_and_with_data_override(syn
     with pytest.raises(UserError, match="pass --data"):
         hpcl4sr.load(tmp_path / "elsewhere" / "runs" / "r1")
     assert hpcl4sr.load(tmp_path / "elsewhere" / "runs" / "r1", data=tmp_path / "data2").max_len == 20
+
+
+def test_umi_keeps_its_user_profile_in_the_export_and_fresh_histories_use_unknown(tmp_path: Path, trained):
+    import polars as pl
+
+    from hpcl4sr.data.prepare import PrepareOptions, prepare
+    from hpcl4sr.data.sources import RawLog
+    from hpcl4sr.data.synthetic import synthesize
+
+    frame = synthesize(users=200, items=150, categories=20, seed=1, mean_length=25)
+    users = frame.select(pl.col("user").unique().sort())
+    profile = users.with_columns(age=(pl.int_range(pl.len()) % 4).cast(pl.String))
+    raw = RawLog(interactions=frame.with_row_index("order").lazy(), user_features=profile)
+    prepare(raw, PrepareOptions(source="synthetic", min_count=3, max_len=20, seed=3), tmp_path / "data")
+    rec = trained("umi", tmp_path / "data")
+    assert rec.model.has_profile
+    user, history = rec.data.user_ids[2], [rec.data.item_ids[i] for i in (4, 9, 11)]
+    before = ranked(rec, user=user), ranked(rec, history=history)
+    export_run(rec.model, rec.config, rec.data, tmp_path / "export")
+    (tmp_path / "data").rename(tmp_path / "moved")
+    loaded = hpcl4sr.load(tmp_path / "export")
+    assert loaded.model.has_profile and (ranked(loaded, user=user), ranked(loaded, history=history)) == before
+    codes = loaded.model.profile_codes
+    assert codes.shape[0] == len(rec.data.user_ids) + 1 and not codes[-1].any()
