@@ -143,3 +143,23 @@ def test_umi_keeps_its_user_profile_in_the_export_and_fresh_histories_use_unknow
     assert loaded.model.has_profile and (ranked(loaded, user=user), ranked(loaded, history=history)) == before
     codes = loaded.model.profile_codes
     assert codes.shape[0] == len(rec.data.user_ids) + 1 and not codes[-1].any()
+
+
+def test_hpcl4sr_category_table_cache_follows_fused_optimiser_steps_and_loads(synthetic_dir: Path, trained):
+    rec = trained("hpcl4sr", synthetic_dir, steps=1)
+    model = rec.model
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)  # in place, no version bump
+    batch = rec.data.user_batch(np.arange(8))
+    for _ in range(2):
+        with torch.no_grad():
+            cached = model.category_table()
+            assert torch.equal(cached, model.compute_category_table())
+        model.train()
+        optimizer.zero_grad()
+        model.interests(batch).sum().backward()
+        optimizer.step()
+        model.eval()
+    with torch.no_grad():
+        assert not torch.equal(model.category_table(), cached)
+        model.load_state_dict({**model.state_dict(), "diffusion.matrix": torch.eye(len(model.diffusion.matrix))})
+        assert torch.equal(model.category_table(), model.compute_category_table())

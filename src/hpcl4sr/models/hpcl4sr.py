@@ -129,13 +129,17 @@ class HPCL4SR(SequentialRecommender):
         """
         if torch.is_grad_enabled():
             return self.compute_category_table()
-        inputs = [self.category_embedding.weight, self.diffusion.matrix, *self.gcn.parameters()]
-        # In-place updates (optimiser steps, load_state_dict) bump _version; the cache holds the inputs, so
-        # their ids cannot be reused by other tensors while it lives.
-        key = tuple((id(tensor), tensor._version) for tensor in inputs)
-        if getattr(self, "_table_cache", (None,))[0] != key:
-            self._table_cache = (key, self.compute_category_table(), inputs)
-        return self._table_cache[1]
+        # The cache is checked against copies of the weights (fused optimisers update them in place without
+        # bumping their version counters); the graph changes only by load_state_dict, which bumps it.
+        weights = [self.category_embedding.weight, *self.gcn.parameters()]
+        graph = (id(self.diffusion.matrix), self.diffusion.matrix._version)
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] != graph or not all(
+                old.device == new.device and torch.equal(old, new) for old, new in zip(cached[1], weights)):
+            # the graph itself is kept so that its id cannot be reused by another tensor while cached
+            self._table_cache = (graph, [w.detach().clone() for w in weights], self.compute_category_table(),
+                                 self.diffusion.matrix)
+        return self._table_cache[2]
 
     def compute_category_table(self) -> torch.Tensor:
         layer = self.category_embedding.weight
