@@ -163,3 +163,26 @@ def test_hpcl4sr_category_table_cache_follows_fused_optimiser_steps_and_loads(sy
         assert not torch.equal(model.category_table(), cached)
         model.load_state_dict({**model.state_dict(), "diffusion.matrix": torch.eye(len(model.diffusion.matrix))})
         assert torch.equal(model.category_table(), model.compute_category_table())
+
+
+def test_an_old_run_directory_still_loads(synthetic_dir: Path, tmp_path: Path):
+    """Runs written before this change: config.yaml with an absolute data.path and max_len 0, and an
+    HPCL4SR checkpoint without the category graph (it was not persistent then)."""
+    import yaml
+
+    from hpcl4sr.run import config_for_run
+    from hpcl4sr.train import train
+
+    run = tmp_path / "run"
+    config = config_for_run("hpcl4sr", [{"data": {"path": str(synthetic_dir)}, "model": {"dim": 16},
+                                         "train": {"max_iters": 4, "eval_every": 4, "batch_size": 16}}])
+    train(config, run, progress=False)
+    fresh = hpcl4sr.load(run)
+    user = fresh.data.user_ids[0]
+    expected = ranked(fresh, user=user)
+    old = config.to_dict()  # what train wrote before: data.path as given (absolute), max_len 0
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    del checkpoint["model"]["diffusion.matrix"]
+    torch.save(checkpoint, run / "best.pt")
+    assert ranked(hpcl4sr.load(run), user=user) == expected
