@@ -230,11 +230,7 @@ def check_n(n: int) -> None:
 
 def load(path: str | Path, data: str | Path | None = None, index: str = "exact", device: str = "cpu",
          checkpoint: str = "best.pt") -> Recommender:
-    """A `Recommender` from a run directory (`hpcl4sr train --out`) or an export (`hpcl4sr export --out`).
-
-    `data` overrides the run's dataset directory (or gives an export one, for `evaluate`); `index` is
-    exact | faiss-flat | faiss-hnsw | faiss-ivf; `checkpoint` is best.pt or last.pt (runs only).
-    """
+    """`hpcl4sr.load`: a `Recommender` from a run directory or an export (see there)."""
     path = Path(path)
     if is_artifact(path):
         config, serving, weights = read_artifact(path)
