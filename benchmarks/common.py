@@ -45,3 +45,12 @@ def synthetic_tmall_dir(scratch: Path, users: int) -> Path:
     raw = RawLog(interactions=frame.with_row_index("order").lazy(), user_features=None)
     prepare(raw, PrepareOptions(source="synthetic", filter="none", max_len=20), scratch / "synthetic-tmall")
     return scratch / "synthetic-tmall"
+
+
+def git_commit() -> str:
+    """The short commit of this checkout (recorded in the serving benchmarks' JSON), or '' outside git."""
+    import subprocess
+
+    found = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True)
+    return found.stdout.strip()

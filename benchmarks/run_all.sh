@@ -18,4 +18,16 @@ for N in 10176 100000; do $PY benchmarks/eval_speed.py --device "$DEVICE" --item
 $PY benchmarks/prepare_speed.py > "$OUT/prepare_tmall.json"
 for U in 89199 178398; do $PY benchmarks/prepare_speed.py --users $U > "$OUT/prepare_users$U.json"; done
 $PY benchmarks/hpcl4sr_graph_share.py > "$OUT/graph_share.json"
+$PY benchmarks/index_recall.py > "$OUT/index_recall.json"
+# Serving load: two short Ta-Feng runs (a request's cost does not depend on how long the model trained).
+TAFENG=${TAFENG:-../shared/data/tafeng/ta_feng_all_months_merged.csv.gz}
+SERVE="$OUT/serve-scratch"
+rm -rf "$SERVE" && mkdir -p "$SERVE"
+$PY -m hpcl4sr prepare --source tafeng --raw "$TAFENG" --out "$SERVE/tafeng" > /dev/null
+for M in comirec-sa hpcl4sr; do
+  $PY -m hpcl4sr train --data "$SERVE/tafeng" --model $M --out "$SERVE/run-$M" --no-progress \
+    --set train.max_iters=300 --set train.eval_every=300 --set train.threads=1 > /dev/null
+  $PY -m hpcl4sr export --run "$SERVE/run-$M" --out "$SERVE/export-$M" > /dev/null
+done
+$PY benchmarks/serve_load.py --model "$SERVE/export-comirec-sa" --model "$SERVE/export-hpcl4sr" > "$OUT/serve_load.json"
 echo "wrote $(ls "$OUT" | wc -l) files to $OUT"

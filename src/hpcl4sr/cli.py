@@ -205,12 +205,13 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best.pt or last.pt.")] = "best.pt",
     filter_history: Annotated[bool, typer.Option(help="Exclude history items from the ranking.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory, overriding the run's.")] = None,
 ) -> None:
     """Evaluate a trained run on a split with the paper's protocol."""
     from hpcl4sr.evaluate import evaluate_model
     from hpcl4sr.run import load_run
 
-    config, dataset, model, max_len = load_run(run, checkpoint)
+    config, dataset, model, max_len = load_run(run, checkpoint, data=data)
     metrics = evaluate_model(model, dataset, split, max_len, config.train.eval_batch_size,
                              filter_history=filter_history, progress=True)
     typer.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
@@ -218,43 +219,69 @@ def evaluate(
 
 @app.command()
 def recommend(
-    run: Annotated[Path, typer.Option(help="Run directory.")],
-    user: Annotated[str, typer.Option(help="Raw user id, as in the source data.")],
-    n: Annotated[int, typer.Option("-n", help="How many items.")] = 20,
+    run: Annotated[Path, typer.Option(help="Run directory or export (`hpcl4sr export`).")],
+    user: Annotated[str | None, typer.Option(help="Raw user id, as in the source data.")] = None,
+    history: Annotated[str | None, typer.Option(help="Comma-separated raw item ids, oldest first.")] = None,
+    n: Annotated[int, typer.Option("-n", help="How many items (at most 1,000).")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory, overriding the run's.")] = None,
 ) -> None:
-    """Recommend raw item ids for a user, with each item's category and the interest that found it."""
-    from hpcl4sr.run import load_run
-    from hpcl4sr.serve.recommend import recommend as top_items
+    """Recommend raw item ids for a user (or a history), with each item's category and the interest that found it."""
+    from hpcl4sr.serve.recommender import MAX_N, load
 
     _at_least_one(n, "-n")
-    _, dataset, model, max_len = load_run(run)
-    result = top_items(model, dataset, user, min(n, dataset.n_items), max_len)  # never more than the catalogue
+    n = min(n, MAX_N)  # a longer list than the service's cap is clamped, as the catalogue clamps it anyway
+    items = [item for item in history.split(",") if item] if history is not None else None
+    answer = load(run, data=data).recommend(user=user, history=items, n=n)
+    result = {"user": answer.user, "split": answer.split, "history": [row.item for row in answer.history],
+              "unknown": answer.unknown, "cold": answer.cold,
+              "recommendations": [{"rank": rank, **vars(row)} for rank, row in enumerate(answer.items, start=1)]}
     if as_json:
         _print_json(result)
         return
-    typer.echo(f"user {result['user']} ({result['split']} split), last {len(result['history'])} items of history")
+    who = f"user {answer.user} ({answer.split} split)" if answer.user is not None else "history"
+    typer.echo(f"{who}, last {len(answer.history)} known items" + (" (cold: popular items)" if answer.cold else ""))
+    if answer.unknown:
+        typer.echo(f"skipped unknown items: {', '.join(answer.unknown)}")
     typer.echo(f"{'rank':>4s}  {'item':20s} {'category':14s} {'interest':>8s} {'score':>9s}")
     for row in result["recommendations"]:
-        typer.echo(
-            f"{row['rank']:4d}  {row['item']:20s} {row['category']:14s} {row['interest']:8d} {row['score']:9.3f}"
-        )
+        interest = "-" if row["interest"] is None else str(row["interest"])
+        typer.echo(f"{row['rank']:4d}  {row['item']:20s} {row['category']:14s} {interest:>8s} {row['score']:9.3f}")
 
 
 @app.command()
 def export(
     run: Annotated[Path, typer.Option(help="Run directory.")],
     out: Annotated[Path, typer.Option(help="Directory to create.")],
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory, overriding the run's.")] = None,
 ) -> None:
-    """Export item embeddings (.npy), id maps and every user's K interests."""
+    """Export a self-contained model artifact (`hpcl4sr serve --model OUT`), item embeddings and user interests."""
     from hpcl4sr.atomic import check_new_output
     from hpcl4sr.run import load_run
-    from hpcl4sr.serve.recommend import export_run
+    from hpcl4sr.serve.artifact import ServingData
+    from hpcl4sr.serve.export import export_run
 
     check_new_output(out, "--out")
-    _, dataset, model, max_len = load_run(run)
-    manifest = export_run(model, dataset, max_len, out)
-    typer.echo(f"wrote {out}: {manifest['users']} users x {manifest['interests']} interests, {manifest['items']} items")
+    config, dataset, model, max_len = load_run(run, data=data)
+    manifest = export_run(model, config, ServingData.from_dataset(dataset, max_len), out)
+    vectors = f"{manifest['users']} users x {manifest['interests']} interests, " if "users" in manifest else ""
+    typer.echo(f"wrote {out}: {vectors}{manifest['items']} items")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Export directory (`hpcl4sr export`) or run directory.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the service to the network.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    index: Annotated[str, typer.Option(help="exact, faiss-flat, faiss-hnsw or faiss-ivf.")] = "exact",
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory, overriding the run's.")] = None,
+    threads: Annotated[int, typer.Option(help="Torch threads (1 suits batch-1 requests).")] = 1,
+) -> None:
+    """Serve recommendations over HTTP (JSON API, OpenAPI docs at /docs) with a web page at /."""
+    from hpcl4sr.serve.app import run_server
+
+    run_server(model, host, port, index, data, threads)
 
 
 @analyze_app.command("similarity")

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from hpcl4sr.atomic import atomic_output, check_writable_parent, exclusive_lock, write_text
 from hpcl4sr.config import SPEED_ONLY, RunConfig, load_yaml
 from hpcl4sr.errors import UserError
-from hpcl4sr.run import config_for_run, read_run_config
+from hpcl4sr.run import config_for_run, read_meta, read_run_config
 
 FETCHABLE = ("tafeng",)  # datasets `hpcl4sr data fetch` can download
 EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
@@ -319,12 +319,24 @@ def result_key(config: RunConfig, out: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _same_setting(key: str, recorded: Any, cell: Any, config: RunConfig) -> bool:
+    """Whether a run's recorded setting is what the cell asks for. A run records what it used: the
+    dataset's max_len where the cell says 0 ("the dataset's"), and a fitted model's chosen value where the
+    cell lists candidates."""
+    if key == "data.max_len" and cell == 0:
+        return recorded in (0, read_meta(Path(config.data.path)).get("max_len"))
+    if isinstance(cell, list) and not isinstance(recorded, list):
+        return recorded in cell
+    return recorded == cell
+
+
 def _check_not_stale(run: Path, cell: Cell, config: RunConfig, out: Path) -> None:
     """Refuse a run directory trained for another config than `cell` now has (the file was edited)."""
     if not (run / "config.yaml").is_file():
         return
     before, now = _result_fields(read_run_config(run), out), _result_fields(config, out)
-    changed = next((key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)), None)
+    changed = next((key for key in sorted(set(before) | set(now))
+                    if not _same_setting(key, before.get(key), now.get(key), config)), None)
     if changed is not None:
         raise UserError(f"{run}: trained with {changed}={before.get(changed)!r}, but cell {cell.id} now has "
                         f"{now.get(changed)!r}; remove that run directory or choose another --out")

@@ -1,8 +1,9 @@
 """HPCL4SR's category global graph (eq. 1) and its multi-hop diffusion (eq. 2).
 
 Built from training users only, so no valid or test sequence leaks into the model. The diffused matrix
-is computed once when the model is built: every training step then needs one product A @ H per GCN
-layer, never the powers of A2.
+is computed once when the model is built for training: every training step then needs one product A @ H
+per GCN layer, never the powers of A2. It is a persistent buffer, so it travels with the weights and a
+model loaded from an exported artifact needs no training users.
 """
 
 from __future__ import annotations
@@ -68,18 +69,34 @@ class Diffusion(torch.nn.Module):
     so A2 is stored sparse and A @ H = sum_i theta_i A2^i H is evaluated with `hops` sparse products.
     """
 
-    def __init__(self, a2: np.ndarray, alpha: float, hops: int) -> None:
+    def __init__(self, a2: np.ndarray | None, size: int, alpha: float, hops: int) -> None:
+        """`a2`: A2 of the training users, or None when the matrix comes with the weights (`size` nodes)."""
         super().__init__()
-        self.dense = len(a2) <= DENSE_LIMIT
-        # Not persistent: the graph is rebuilt from the dataset's training users with the model, which
-        # keeps checkpoints small and plain.
+        self.dense = size <= DENSE_LIMIT
         theta = torch.tensor(diffusion_weights(alpha, hops), dtype=torch.float32)
         self.register_buffer("theta", theta, persistent=False)
-        if self.dense:
+        if a2 is None:  # a placeholder that load_state_dict replaces (see _load_from_state_dict)
+            matrix = torch.zeros(size, size) if self.dense else torch.zeros(size, size).to_sparse_csr()
+        elif self.dense:
             matrix = torch.tensor(diffuse(a2, alpha, hops), dtype=torch.float32)
         else:
             matrix = torch.tensor(a2, dtype=torch.float32).to_sparse_csr()
-        self.register_buffer("matrix", matrix, persistent=False)
+        self.register_buffer("matrix", matrix)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001
+                              unexpected_keys, error_msgs) -> None:
+        # A sparse matrix cannot be copied into a placeholder with another number of non-zeros: take the
+        # saved one as it is, on this module's device.
+        key = prefix + "matrix"
+        if self.dense or key not in state_dict:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+            return
+        self.matrix = state_dict[key].to(self.matrix.device)
+        rest = {name: value for name, value in state_dict.items() if name != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        missing_keys.remove(key)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.dense:

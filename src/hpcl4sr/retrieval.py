@@ -135,12 +135,25 @@ def topk_multi_interest(
             pooled_scores, pooled_items = torch.cat(found_scores, dim=1), torch.cat(found_items, dim=1)
             values, index = _chunk_topk(pooled_scores, min(n, pooled_scores.shape[1]))
             found_scores, found_items = [values], [pooled_items.gather(1, index)]
-    best_scores, best_items = found_scores[0], found_items[0]
+    return merge_interests(found_items[0].view(batch, k_interests, -1), found_scores[0].view(batch, k_interests, -1),
+                           n)
 
-    # K-interest merge. Pool in interest-major order so the stable sorts credit ties to the lower interest.
-    width = best_items.shape[1]
-    pool_items = best_items.reshape(batch, k_interests * width)
-    pool_scores = best_scores.reshape(batch, k_interests * width)
+
+@torch.no_grad()
+def merge_interests(
+    items: torch.Tensor, scores: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ComiRec's K-interest merge of per-interest candidate lists into one top-``n`` list per user.
+
+    ``items`` [B, K, w] (item ids, 0 = an empty slot) and ``scores`` [B, K, w] (-inf at empty or excluded
+    slots) are each interest's candidates, in any order; any retrieval (exact or an approximate index)
+    feeds them. Returns ``(items, scores, interest)`` [B, n] as ``topk_multi_interest`` documents.
+    """
+    batch, k_interests, width = items.shape
+    device = items.device
+    # Pool in interest-major order so the stable sorts credit ties to the lower interest.
+    pool_items = items.reshape(batch, k_interests * width)
+    pool_scores = scores.reshape(batch, k_interests * width)
     pool_interest = torch.arange(k_interests, device=device).repeat_interleave(width).expand(batch, -1)
     order = _score_desc_item_asc(pool_scores, pool_items)
     items, scores = pool_items.gather(1, order), pool_scores.gather(1, order)

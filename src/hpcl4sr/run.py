@@ -6,11 +6,15 @@ imports the trainer; the trainer builds its model through the same `build_model`
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.config import RunConfig, build_config, load_yaml
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
@@ -60,6 +64,10 @@ def load_weights(model: SequentialRecommender, path: Path) -> dict[str, Any]:
 def fit_weights(model: SequentialRecommender, checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     """Load the weights of `checkpoint` (read from `path`) into `model`, refusing another model's."""
     mine, theirs = model.state_dict(), checkpoint["model"]
+    # Checkpoints written before a buffer became persistent (HPCL4SR's category graph) lack it: a model built
+    # from a dataset has already computed it, so it is kept.
+    buffers = dict(model.named_buffers())
+    theirs = {**{name: buffers[name] for name in set(mine) - set(theirs) if name in buffers}, **theirs}
     mismatch = next((name for name in sorted(set(mine) | set(theirs))
                      if name not in mine or name not in theirs or mine[name].shape != theirs[name].shape), None)
     if mismatch is not None:
@@ -74,35 +82,85 @@ def config_for_run(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
     return build_config(model_name, cls.config_class(), layers)
 
 
+# config.yaml's data.path is written relative to the run directory when it can be (so that moving a run and
+# its dataset together keeps them paired) and this top-level key keeps the absolute path as a fallback.
+ABSOLUTE_DATA_KEY = "data_path_absolute"
+
+
 def read_run_config(run: Path, extra_layers: list[dict[str, Any]] = ()) -> RunConfig:
+    """The run's config with data.path resolved: the layers' own path (e.g. --data) wins, then the recorded
+    absolute path, then the recorded path relative to the run directory (a run moved with its dataset).
+
+    Runs written before paths were recorded relative (data.path absolute, data.max_len 0) load unchanged.
+    """
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run}: not a run directory (no config.yaml); train one with `hpcl4sr train`")
     saved = load_yaml(path)
     if not isinstance(saved.get("model_name"), str):
         raise UserError(f"{path}: no model_name; not a config.yaml written by `hpcl4sr train`")
+    absolute = saved.pop(ABSOLUTE_DATA_KEY, "")
+    recorded = str(saved.get("data", {}).get("path", ""))
+    # The absolute path first: a relative one can point at another dataset that happens to sit there now.
+    candidates = [Path(absolute) if absolute else None, Path(run) / recorded if recorded else None]
+    found = next((str(c.resolve()) for c in candidates if c is not None and c.is_dir()), recorded or absolute)
+    saved = {**saved, "data": {**saved.get("data", {}), "path": found}}
     return config_for_run(saved["model_name"], [saved, *extra_layers])
+
+
+def run_config_for_disk(config: RunConfig, run: Path) -> dict[str, Any]:
+    """What train writes to config.yaml: the effective max_len, and data.path relative to the run directory
+    (when both sit on one file system tree) with the absolute path beside it."""
+    saved = config.to_dict()
+    if config.data.path:
+        data = Path(config.data.path).resolve()
+        saved["data"]["max_len"] = config.data.max_len or int(read_meta(data).get("max_len", 0))
+        saved["data"]["path"] = os.path.relpath(data, Path(run).resolve())
+        saved[ABSOLUTE_DATA_KEY] = str(data)
+    return saved
+
+
+def read_meta(data: Path) -> dict[str, Any]:
+    """The dataset's meta.json, or {} when it is missing or unreadable (opening the dataset reports that)."""
+    try:
+        meta = json.loads((Path(data) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def with_data(config: RunConfig, data: Path | None) -> RunConfig:
+    """`config` with data.path replaced by an explicit --data DIR (None: unchanged)."""
+    if data is None:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(Path(data).resolve())))
 
 
 def open_dataset(config: RunConfig) -> tuple[SequenceDataset, int]:
     """The run's dataset and the effective max_len (the config's, else the one `prepare` recorded)."""
     if not config.data.path:
         raise UserError("no dataset: pass --data DIR (a directory written by `hpcl4sr prepare`)")
+    if not Path(config.data.path).is_dir():
+        raise UserError(f"{config.data.path}: the run's dataset directory is gone; pass --data DIR "
+                        "(the directory written by `hpcl4sr prepare`)")
     dataset = SequenceDataset(config.data.path)
     return dataset, config.data.max_len or int(dataset.meta["max_len"])
 
 
-def build_model(config: RunConfig, dataset: SequenceDataset, max_len: int) -> SequentialRecommender:
-    return model_class(config.model_name)(config.model, dataset, max_len)
+def build_model(config: RunConfig, data: SequenceDataset | Catalogue, max_len: int) -> SequentialRecommender:
+    """The untrained model of `config` over a dataset (for training) or a catalogue (e.g. an artifact's)."""
+    catalogue = Catalogue.of(data) if isinstance(data, SequenceDataset) else data
+    return model_class(config.model_name)(config.model, catalogue, max_len)
 
 
-def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None
+def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None, data: Path | None = None
              ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender, int]:
     """A trained run ready for inference: its config, dataset, model (eval mode) and max_len.
 
-    `device` None: CUDA when available unless the run was trained with train.device cpu.
+    `device` None: CUDA when available unless the run was trained with train.device cpu. `data` overrides
+    the recorded dataset directory. The model also carries its max_len (`model.max_len`).
     """
-    config = read_run_config(run)
+    config = with_data(read_run_config(run), data)
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len)
     load_weights(model, Path(run) / checkpoint)

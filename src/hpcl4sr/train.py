@@ -52,7 +52,16 @@ from hpcl4sr.data.dataset import TrainSampler
 from hpcl4sr.errors import UserError
 from hpcl4sr.evaluate import evaluate_model
 from hpcl4sr.models.base import SequentialRecommender, model_class
-from hpcl4sr.run import build_model, fit_weights, load_checkpoint, load_run, open_dataset, resolve_device
+from hpcl4sr.run import (
+    build_model,
+    config_for_run,
+    fit_weights,
+    load_checkpoint,
+    load_run,
+    open_dataset,
+    resolve_device,
+    run_config_for_disk,
+)
 
 EARLY_STOP_METRIC = "recall@50"
 
@@ -119,7 +128,7 @@ def train(config: RunConfig, out: Path, resume: bool = False, progress: bool = T
                 if group.is_main:
                     if not resume:
                         _check_new_run(out)  # again under the lock: another process may have started since
-                    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    write_text(out / "config.yaml", yaml.safe_dump(run_config_for_disk(config, out), sort_keys=False))
                 group.barrier()
                 if model_class(config.model_name).fitted:
                     _fit(config, out, resume, group, device)
@@ -167,6 +176,8 @@ def _check_resume(config: RunConfig, out: Path, world: int) -> dict[str, Any]:
     for section in ("model", "data", "train"):
         for key, before in (saved.get(section) or {}).items():
             after = requested[section].get(key, before)
+            if section == "data" and _same_data(key, before, after):
+                continue
             if after != before and not (section == "train" and key in RESUME_MAY_CHANGE):
                 raise UserError(f"--resume {out}: {section}.{key} is {before!r} in the run, {after!r} requested; "
                                 f"a resume may change only train.{{{','.join(sorted(RESUME_MAY_CHANGE))}}}")
@@ -175,6 +186,20 @@ def _check_resume(config: RunConfig, out: Path, world: int) -> dict[str, Any]:
         raise UserError(f"{path} was written by {ranks} process(es); resume it with as many "
                         f"(torchrun --nproc_per_node={ranks}) to continue exactly")
     return checkpoint
+
+
+def _same_data(key: str, before: Any, after: Any) -> bool:
+    """Whether a data setting of a resume names what the checkpoint trained on, though written differently.
+
+    config.yaml records the effective max_len where the checkpoint may hold 0 ("the dataset's"), and a run
+    moved with its dataset finds it at another path: accepted when the recorded one is gone (the weights'
+    shapes are still checked against the model when they are loaded).
+    """
+    if key == "max_len":
+        return before == 0 or after == before
+    if key == "path":
+        return after == before or not Path(str(before)).is_dir()
+    return False
 
 
 @contextlib.contextmanager
@@ -340,7 +365,8 @@ def _fit(config: RunConfig, out: Path, resume: bool, group: distributed.ProcessG
     if resume and (out / "last.pt").is_file():
         # The cell's config of a grid lists candidates; the run's own is the chosen setting.
         saved = load_checkpoint(out / "last.pt")["config"]
-        write_text(out / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+        chosen = config_for_run(saved["model_name"], [saved])
+        write_text(out / "config.yaml", yaml.safe_dump(run_config_for_disk(chosen, out), sort_keys=False))
         return
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len).to(device)
@@ -366,7 +392,7 @@ def _fit(config: RunConfig, out: Path, resume: bool, group: distributed.ProcessG
                   "version": __version__}
     save_checkpoint(checkpoint, out / "best.pt")
     save_checkpoint(checkpoint, out / "last.pt")
-    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(run_config_for_disk(config, out), sort_keys=False))
 
 
 def write_test_metrics(out: Path, device: torch.device,

@@ -206,10 +206,9 @@ def _pickled(path: Path) -> None:
 
 
 def _foreign(path: Path) -> None:
-    from hpcl4sr.run import build_model, config_for_run, open_dataset
+    from hpcl4sr.run import build_model, config_for_run, open_dataset, read_run_config
 
-    config = config_for_run("gru4rec", [{"data": {"path": yaml.safe_load(
-        (path.parent / "config.yaml").read_text())["data"]["path"]}}])
+    config = config_for_run("gru4rec", [{"data": {"path": read_run_config(path.parent).data.path}}])
     dataset, max_len = open_dataset(config)
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["model"] = build_model(config, dataset, max_len).state_dict()
@@ -396,5 +395,6 @@ def test_stale_staging_of_dead_processes_is_removed(log, run, tmp_path, capsys):
 
     stale_checkpoint = run / f".last.pt.{dead}.0123456789ab.tmp.pt"
     stale_checkpoint.write_bytes(b"half")
-    assert run_cli(capsys, "train", "--resume", run, "--set", "train.max_iters=30", *FAST).code == 0
+    resumed = run_cli(capsys, "train", "--resume", run, "--set", "train.max_iters=30", *FAST)
+    assert resumed.code == 0, resumed.err
     assert not stale_checkpoint.exists()

@@ -6,7 +6,7 @@ one evaluator and one server serve them all:
 - `interests(batch) -> Tensor[B, K, d]` (K = 1 for single-vector models);
 - `item_embeddings() -> Tensor[n_items + 1, d]`, row 0 being padding;
 - `loss(batch) -> dict[str, Tensor]` with `total` and each named term (`rec`, `class`, `cl`, ...);
-- `rank(batch, n, exclude) -> (items, scores, interest)`, the top-n items of each user. Every caller
+- `rank(batch, n, exclude, index) -> (items, scores, interest)`, the top-n items of each user. Every caller
   (evaluation, recommendations, analyses) ranks through it; the default retrieves with each interest
   over the item table and merges, and a model that scores items another way overrides it.
 
@@ -25,15 +25,19 @@ import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.layers import NegativeReweighting, full_softmax_loss, hard_readout, sampled_softmax_loss
 from hpcl4sr.retrieval import topk_multi_interest
+
+if TYPE_CHECKING:
+    from hpcl4sr.serve.index import ItemIndex
 
 MODELS: dict[str, type[SequentialRecommender]] = {}
 
@@ -79,10 +83,10 @@ class SequentialRecommender(nn.Module):
     config_class: ClassVar[type[Any]] = ModelConfig
     fitted: ClassVar[bool] = False  # True: computed by `fit` from the training log, not trained with SGD
 
-    def __init__(self, config: Any, dataset: SequenceDataset, max_len: int) -> None:
+    def __init__(self, config: Any, catalogue: Catalogue, max_len: int) -> None:
         super().__init__()
         self.config = config
-        self.n_items = dataset.n_items
+        self.n_items = catalogue.n_items
         self.max_len = max_len
         if self.fitted:  # a fitted model scores items without an item table
             return
@@ -124,12 +128,16 @@ class SequentialRecommender(nn.Module):
         return self.item_embedding.weight
 
     def rank(
-        self, batch: Batch, n: int, exclude: torch.Tensor | None = None
+        self, batch: Batch, n: int, exclude: torch.Tensor | None = None, index: ItemIndex | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-n item ids [B, n], their scores and the interest that retrieved each, best first.
 
-        `exclude` [B, L] (0-padded item ids) never appear. Exact: see `topk_multi_interest`.
+        `exclude` [B, L] (0-padded item ids) never appear. Exact (`topk_multi_interest`) unless an `index`
+        built over `item_embeddings()` is given (hpcl4sr.serve.index: faiss for large catalogues); models
+        that override `rank` ignore the index.
         """
+        if index is not None:
+            return index.rank(self.interests(batch), n, exclude=exclude)
         return topk_multi_interest(self.interests(batch), self.item_embeddings(), n, exclude=exclude)
 
     def recommendation_loss(

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 from hpcl4sr.models.layers import CapsuleRouting
@@ -51,8 +52,8 @@ class ComiRecDRConfig(ModelConfig):
 class ComiRecDR(SequentialRecommender):
     config_class = ComiRecDRConfig
 
-    def __init__(self, config: ComiRecDRConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: ComiRecDRConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         self.routing = CapsuleRouting(config.dim, config.interests, config.routing_iterations)
 
     def interests_and_coupling(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

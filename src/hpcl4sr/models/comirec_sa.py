@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 from hpcl4sr.models.layers import MultiInterestSelfAttention
 
@@ -23,8 +24,8 @@ from hpcl4sr.models.layers import MultiInterestSelfAttention
 class ComiRecSA(SequentialRecommender):
     config_class = ModelConfig
 
-    def __init__(self, config: ModelConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: ModelConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         self.position_embedding = nn.Parameter(torch.randn(max_len, config.dim) * config.dim**-0.5)
         self.attention = MultiInterestSelfAttention(config.dim, config.interests)
 

@@ -25,7 +25,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 
 
@@ -33,8 +34,8 @@ from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 class GRU4Rec(SequentialRecommender):
     config_class = ModelConfig
 
-    def __init__(self, config: ModelConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(dataclasses.replace(config, interests=1), dataset, max_len)
+    def __init__(self, config: ModelConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(dataclasses.replace(config, interests=1), catalogue, max_len)
         self.gru = nn.GRU(config.dim, config.dim, batch_first=True)
 
     def interests(self, batch: Batch) -> torch.Tensor:

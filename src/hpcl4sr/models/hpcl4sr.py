@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.graph import Diffusion, training_graph
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
@@ -111,10 +112,10 @@ class GradientReversal(torch.autograd.Function):
 class HPCL4SR(SequentialRecommender):
     config_class = HPCL4SRConfig
 
-    def __init__(self, config: HPCL4SRConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
-        dim, n_categories = config.dim, dataset.n_categories
-        self.register_buffer("item_category", torch.as_tensor(dataset.item_category, dtype=torch.long),
+    def __init__(self, config: HPCL4SRConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
+        dim, n_categories = config.dim, catalogue.n_categories
+        self.register_buffer("item_category", torch.as_tensor(catalogue.item_category, dtype=torch.long),
                              persistent=False)
         # Low-level path (eq. 7-10).
         self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
@@ -129,7 +130,8 @@ class HPCL4SR(SequentialRecommender):
             self.classifier = nn.Linear(dim, n_categories + 1)
         # High-level path (eq. 1-6) and fusion (eq. 13).
         if config.high_level:
-            self.diffusion = Diffusion(training_graph(dataset), config.alpha, config.hops)
+            graph = training_graph(catalogue.training) if catalogue.training is not None else None
+            self.diffusion = Diffusion(graph, n_categories + 1, config.alpha, config.hops)
             self.category_embedding = nn.Embedding(n_categories + 1, dim)
             nn.init.normal_(self.category_embedding.weight, std=dim**-0.5)
             self.gcn = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(config.gcn_layers))
@@ -142,7 +144,26 @@ class HPCL4SR(SequentialRecommender):
 
     # --- high-level preference interests Q_u (eq. 1-6) ---------------------------------------------
     def category_table(self) -> torch.Tensor:
-        """H-hat: the layer mean of the residual GCN over the diffused graph (eq. 3-4)."""
+        """H-hat: the layer mean of the residual GCN over the diffused graph (eq. 3-4).
+
+        It depends on the weights only, not on the batch: without gradients (evaluation, serving) it is
+        computed once per state of the weights and reused (a third of a serving request's time otherwise).
+        """
+        if torch.is_grad_enabled():
+            return self.compute_category_table()
+        # The cache is checked against copies of the weights (fused optimisers update them in place without
+        # bumping their version counters); the graph changes only by load_state_dict, which bumps it.
+        weights = [self.category_embedding.weight, *self.gcn.parameters()]
+        graph = (id(self.diffusion.matrix), self.diffusion.matrix._version)
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] != graph or not all(
+                old.device == new.device and torch.equal(old, new) for old, new in zip(cached[1], weights)):
+            # the graph itself is kept so that its id cannot be reused by another tensor while cached
+            self._table_cache = (graph, [w.detach().clone() for w in weights], self.compute_category_table(),
+                                 self.diffusion.matrix)
+        return self._table_cache[2]
+
+    def compute_category_table(self) -> torch.Tensor:
         layer = self.category_embedding.weight
         layers = [layer]
         for weight in self.gcn:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import register
@@ -132,8 +133,8 @@ def neighbour_tables(users: np.ndarray, items: np.ndarray, n_items: int, neighbo
 class ItemKNN(Repeat):
     config_class = ItemKNNConfig
 
-    def __init__(self, config: ItemKNNConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: ItemKNNConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         width = max(candidates(config.neighbours))
         self.register_buffer("neighbour_ids", torch.zeros(self.n_items + 1, width, dtype=torch.int32))
         self.register_buffer("neighbour_sims", torch.zeros(self.n_items + 1, width))

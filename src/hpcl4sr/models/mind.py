@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 from hpcl4sr.models.layers import dynamic_routing
@@ -90,8 +91,8 @@ def label_aware_readout(interests: torch.Tensor, target_embedding: torch.Tensor,
 class MIND(SequentialRecommender):
     config_class = MINDConfig
 
-    def __init__(self, config: MINDConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: MINDConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         dim, k = config.dim, config.interests
         self.shared_map = nn.Parameter(torch.randn(dim, dim) * dim**-0.5)  # S, one for all interests
         self.register_buffer("serving_logits", torch.randn(max_len, k) * config.routing_sigma)

@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 from hpcl4sr.models.layers import NEG_INF, MultiInterestSelfAttention
@@ -148,10 +149,10 @@ class ContextAttention(nn.Module):
 class PIMI(SequentialRecommender):
     config_class = PIMIConfig
 
-    def __init__(self, config: PIMIConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: PIMIConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         dim = config.dim
-        self.time_unit = resolve_time_unit(config.time_unit, str(dataset.meta.get("source", "")))
+        self.time_unit = resolve_time_unit(config.time_unit, catalogue.source)
         self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
         self.interval_embedding = nn.Embedding(config.time_span + 1, dim)
         nn.init.normal_(self.interval_embedding.weight, std=dim**-0.5)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender, register
@@ -46,8 +47,8 @@ class Pop(SequentialRecommender):
     fitted = True
     score_budget = 1 << 24  # scores held at once when ranking (users x items): 64 MiB of float32
 
-    def __init__(self, config: Any, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: Any, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         n = self.n_items
         self.register_buffer("popularity", torch.zeros(n + 1))  # training interactions of each item id
         # column_items[c]: the item scored in column c (popularity order); column n is a dump for padding.
@@ -77,9 +78,12 @@ class Pop(SequentialRecommender):
         return self.popularity[self.column_items].expand(len(history), -1).clone()
 
     @torch.no_grad()
-    def rank(self, batch: Batch, n: int, exclude: torch.Tensor | None = None
+    def rank(self, batch: Batch, n: int, exclude: torch.Tensor | None = None, index: Any = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-n items by `column_scores`, equal scores by popularity; interest 0 (-1 for empty slots)."""
+        """Top-n items by `column_scores`, equal scores by popularity; interest 0 (-1 for empty slots).
+
+        Exact over every item; an `index` (built over an item table, which a fitted model has not) is ignored.
+        """
         rows = max(1, self.score_budget // (self.n_items + 1))
         found_items, found_scores = [], []
         for lo in range(0, len(batch.history), rows):

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.catalogue import Catalogue
+from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 from hpcl4sr.models.layers import NEG_INF, CapsuleRouting, corrected_sampled_softmax, sample_classes
@@ -68,10 +69,10 @@ class UMIConfig(ModelConfig):
 class UMI(SequentialRecommender):
     config_class = UMIConfig
 
-    def __init__(self, config: UMIConfig, dataset: SequenceDataset, max_len: int) -> None:
-        super().__init__(config, dataset, max_len)
+    def __init__(self, config: UMIConfig, catalogue: Catalogue, max_len: int) -> None:
+        super().__init__(config, catalogue, max_len)
         dim = config.dim
-        profile = dataset.user_profile() if config.use_profile else None
+        profile = catalogue.user_profile() if config.use_profile else None
         self.has_profile = profile is not None
         if profile is None:
             warnings.warn(PROFILE_FREE_MESSAGE, stacklevel=2)
