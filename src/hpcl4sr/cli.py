@@ -241,6 +241,8 @@ def recommend(
         return
     who = f"user {answer.user} ({answer.split} split)" if answer.user is not None else "history"
     typer.echo(f"{who}, last {len(answer.history)} known items" + (" (cold: popular items)" if answer.cold else ""))
+    if answer.history:  # what the list was computed from, so a reader can judge it
+        typer.echo("history (oldest first): " + ", ".join(f"{row.item} [{row.category}]" for row in answer.history))
     if answer.unknown:
         typer.echo(f"skipped unknown items: {', '.join(answer.unknown)}")
     typer.echo(f"{'rank':>4s}  {'item':20s} {'category':14s} {'interest':>8s} {'score':>9s}")

@@ -24,6 +24,9 @@ def test_recommend_reads_an_export_by_user_or_history(served: Path):
     history = ",".join([rec.data.item_ids[2], "unknown-item"])
     by_history = runner.invoke(app, ["recommend", "--run", str(served), "--history", history, "-n", "3"])
     assert by_history.exit_code == 0 and "skipped unknown items: unknown-item" in by_history.output
+    # the history the list came from, each item with its category
+    category = rec.data.category_ids[rec.data.catalogue.item_category[2]]
+    assert f"history (oldest first): {rec.data.item_ids[2]} [{category}]" in by_history.output
 
 
 def test_serve_without_the_extra_says_what_to_install(monkeypatch):
