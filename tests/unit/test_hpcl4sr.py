@@ -112,8 +112,11 @@ def test_routing_regularization_equals_direct_computation():
     assert float(routing_regularization(coupling, 64)) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["base", "base_class", "add", "mul", "cr", "no_margin", "full", "attention_low"])
-def test_table3_variants_train_and_log_their_terms(variant, synthetic_dir):
+VARIANTS = ["base", "base_class", "add", "mul", "cr", "no_margin", "full", "attention_low"]
+
+
+def variant_losses(variant: str, synthetic_dir) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A Table 3 variant (configs/hpcl4sr/VARIANT.yaml) on the synthetic data and its losses on one batch."""
     from pathlib import Path
 
     from hpcl4sr.config import load_yaml
@@ -123,26 +126,22 @@ def test_table3_variants_train_and_log_their_terms(variant, synthetic_dir):
     data = SequenceDataset(synthetic_dir)
     torch.manual_seed(0)
     model = build_model(config, data, 20)
-    losses = model.loss(TrainSampler(data, 8, 20, 4, seed=0).sample())
+    return model, model.loss(TrainSampler(data, 8, 20, 4, seed=0).sample())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_table3_variants_train_and_log_their_terms(variant, synthetic_dir):
+    model, losses = variant_losses(variant, synthetic_dir)
     expected = {"base": {"rec"}, "base_class": {"rec", "class"}, "cr": {"rec", "class", "reg"}}
     assert set(losses) - {"total"} == expected.get(variant, {"rec", "class", "cl"})
     losses["total"].backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("variant", ["base", "base_class", "add", "mul", "cr", "no_margin", "full", "attention_low"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_every_loss_term_of_every_variant_reaches_a_gradient(variant, synthetic_dir):
     # A term whose inputs are all detached trains nothing: `cr`'s regulariser once sat on such a coupling.
-    from pathlib import Path
-
-    from hpcl4sr.config import load_yaml
-
-    path = Path(__file__).resolve().parents[2] / "configs/hpcl4sr" / f"{variant}.yaml"
-    config = config_for_run("hpcl4sr", [load_yaml(path)])
-    data = SequenceDataset(synthetic_dir)
-    torch.manual_seed(0)
-    model = build_model(config, data, 20)
-    losses = model.loss(TrainSampler(data, 8, 20, 4, seed=0).sample())
+    model, losses = variant_losses(variant, synthetic_dir)
     parameters = list(model.parameters())
     for name, term in losses.items():
         assert term.requires_grad, f"{variant}: {name} is built from detached tensors only"
