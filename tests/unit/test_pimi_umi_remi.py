@@ -65,20 +65,28 @@ def test_remi_with_beta_zero_is_the_plain_softmax(loss, synthetic_dir):
     assert torch.equal(remi, plain)
 
 
-def test_remi_hard_negatives_match_a_direct_computation(synthetic_dir):
-    beta = 2.0
-    torch.manual_seed(0)
-    model, data, _ = make_model("remi", synthetic_dir, {"beta": beta, "sampler": "uniform"})
+def remi_loss_with_its_draws(model, data):
+    """REMI's loss on a 4-user batch, with the 40 uniform negatives it drew (replayed from the same seed) and
+    the readout and item table in float64, for direct computations of that loss."""
     batch = TrainSampler(data, 4, 20, 4, seed=3).sample()
     with torch.no_grad():
         readout = hard_readout(model.interests(batch), model.item_embedding(batch.target)).double()
         table = model.item_embeddings().double()
         torch.manual_seed(9)
-        ihn = float(model.loss(batch)["rec"])
-        torch.manual_seed(9)
-        plain = float(sampled_softmax_loss(readout.float(), batch.target, table.float(), 40, log_uniform=False))
+        loss = float(model.loss(batch)["rec"])
         torch.manual_seed(9)
         negatives, _ = sample_negatives(40, model.n_items, False, torch.device("cpu"))
+    return batch, readout, table, loss, negatives
+
+
+def test_remi_hard_negatives_match_a_direct_computation(synthetic_dir):
+    beta = 2.0
+    torch.manual_seed(0)
+    model, data, _ = make_model("remi", synthetic_dir, {"beta": beta, "sampler": "uniform"})
+    batch, readout, table, ihn, negatives = remi_loss_with_its_draws(model, data)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        plain = float(sampled_softmax_loss(readout.float(), batch.target, table.float(), 40, log_uniform=False))
     log_q = math.log(40 / model.n_items)  # uniform sampler: the same correction for every class
     expected = 0.0
     for row, target in enumerate(batch.target.tolist()):
@@ -91,6 +99,21 @@ def test_remi_hard_negatives_match_a_direct_computation(synthetic_dir):
     assert ihn == pytest.approx(expected / 4, rel=1e-5)
     # weights growing with the score put more mass on the negatives, so the loss can only grow
     assert ihn > plain
+
+
+def test_remi_trains_by_default_as_its_authors_code(synthetic_dir):
+    """Uniform negatives, 10 x batch size (1,280 at batch 128), hard-negative weights on uncorrected logits."""
+    torch.manual_seed(0)
+    model, data, config = make_model("remi", synthetic_dir, {"beta": 1.0})
+    assert (config.model.sampler, config.model.negatives * config.train.batch_size) == ("uniform", 1280)
+    batch, readout, table, loss, negatives = remi_loss_with_its_draws(model, data)
+    expected = 0.0
+    for row, target in enumerate(batch.target.tolist()):  # their formula: no log-Q anywhere
+        scores = torch.stack([readout[row] @ table[n] for n in negatives.tolist() if n != target])
+        weights = torch.exp(scores) / torch.exp(scores).mean()
+        positive = readout[row] @ table[target]
+        expected += float(torch.log(torch.exp(positive) + (weights * torch.exp(scores)).sum()) - positive)
+    assert loss == pytest.approx(expected / 4, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- PIMI

@@ -175,30 +175,3 @@ def test_tables_that_do_not_fit_memory_stop_with_the_setting(toy, monkeypatch):
 def test_bad_settings_name_the_option(model, message):
     with pytest.raises(UserError, match=message):
         config_for_run("itemknn", [{"model": model}])
-
-
-def test_remi_trains_by_default_as_its_authors_code(synthetic_dir):
-    """Uniform negatives, 10 x batch size (1,280 at batch 128), hard-negative weights on uncorrected logits."""
-    from hpcl4sr.data.dataset import TrainSampler
-    from hpcl4sr.models.layers import hard_readout, sample_negatives
-
-    config = config_for_run("remi", [{"model": {"beta": 1.0}}])
-    assert (config.model.sampler, config.model.negatives * config.train.batch_size) == ("uniform", 1280)
-    data = SequenceDataset(synthetic_dir)
-    torch.manual_seed(0)
-    model = build_model(config, data, 20)
-    batch = TrainSampler(data, 4, 20, 4, seed=3).sample()
-    with torch.no_grad():
-        readout = hard_readout(model.interests(batch), model.item_embedding(batch.target)).double()
-        table = model.item_embeddings().double()
-        torch.manual_seed(9)
-        loss = float(model.loss(batch)["rec"])
-        torch.manual_seed(9)
-        negatives, _ = sample_negatives(40, model.n_items, False, torch.device("cpu"))
-    expected = 0.0
-    for row, target in enumerate(batch.target.tolist()):  # their formula: no log-Q anywhere
-        scores = torch.stack([readout[row] @ table[n] for n in negatives.tolist() if n != target])
-        weights = torch.exp(scores) / torch.exp(scores).mean()
-        positive = readout[row] @ table[target]
-        expected += float(torch.log(torch.exp(positive) + (weights * torch.exp(scores)).sum()) - positive)
-    assert loss == pytest.approx(expected / 4, rel=1e-5)
