@@ -12,8 +12,15 @@ from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
 from hpcl4sr.data.prepare import PrepareOptions, prepare
 from hpcl4sr.data.sources import RawLog
 from hpcl4sr.errors import UserError
-from hpcl4sr.graph import category_cooccurrence, diffuse, diffusion_weights, normalise, training_graph
-from hpcl4sr.models.layers import angular_contrastive_loss, routing_regularization
+from hpcl4sr.models.hpcl4sr import (
+    angular_contrastive_loss,
+    category_cooccurrence,
+    diffuse,
+    diffusion_weights,
+    normalise,
+    training_graph,
+)
+from hpcl4sr.models.layers import routing_regularization
 from hpcl4sr.run import build_model, config_for_run
 
 

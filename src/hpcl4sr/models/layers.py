@@ -222,25 +222,3 @@ def routing_regularization(coupling: torch.Tensor, dim: int) -> torch.Tensor:
     centred = coupling - coupling.mean(dim=2, keepdim=True)
     variances = (centred * centred).sum(dim=2) / dim  # the diagonal of centred @ centred^T / dim
     return (variances * variances).sum()
-
-
-def angular_contrastive_loss(low: torch.Tensor, fused: torch.Tensor, margin_degrees: float,
-                             temperature: float) -> torch.Tensor:
-    """HPCL4SR's multi-interest contrastive loss with an additive angular margin (eq. 15-17).
-
-    Per user, the 2K views are the K low-level interests P and the K fused interests M. The anchor P^k
-    has positive M^k and M^k has positive P^k; the other 2K - 2 views of the same user are negatives.
-    The positive's angle gets the margin m (clamped to pi); the loss is the cross-entropy of the
-    positive against positive + negatives, averaged over the 2K anchors and the batch.
-    """
-    k = low.shape[1]
-    views = F.normalize(torch.cat([low, fused], dim=1), dim=-1)  # [B, 2K, d]
-    cosine = views @ views.transpose(1, 2)  # [B, 2K, 2K]
-    anchors = torch.arange(2 * k, device=low.device)
-    positives = (anchors + k) % (2 * k)
-    positive_cos = cosine[:, anchors, positives].clamp(-1.0 + 1e-7, 1.0 - 1e-7)
-    angle = torch.acos(positive_cos) + math.radians(margin_degrees)
-    margin_logit = torch.cos(angle.clamp(max=math.pi))
-    logits = cosine.scatter(2, positives.expand(len(low), -1)[..., None], margin_logit[..., None])
-    logits = logits.masked_fill(torch.eye(2 * k, dtype=torch.bool, device=low.device), NEG_INF)
-    return F.cross_entropy((logits / temperature).flatten(0, 1), positives.repeat(len(low)))
