@@ -111,6 +111,106 @@ def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path, dataset:
     plt.close(figure)
 
 
+def valid_curve(run: Path, metric: str = "recall@50") -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of `metric` at each validation of a run, read from its metrics.jsonl.
+
+    A fitted model's run has one step, 0: the value of the setting it chose."""
+    metrics_file = Path(run) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise UserError(f"{metrics_file}: not found; is {run} a run directory?")
+    points = {}
+    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        record = json.loads(line) if line.strip() else {}
+        if record.get("split") == "valid":
+            if metric not in record:
+                raise UserError(f"{metrics_file}, line {number}: no {metric!r} (known: "
+                                f"{', '.join(key for key in record if '@' in key)})")
+            # a fitted model (pop, repeat, itemknn) records each candidate setting at step 0: the best is kept
+            points[record["step"]] = max(points.get(record["step"], -np.inf), record[metric])
+    if not points:
+        raise UserError(f"{metrics_file}: no validation yet")
+    steps = np.array(sorted(points))
+    return steps, np.array([points[step] for step in steps])
+
+
+def run_label(run: Path) -> str:
+    """A run's name in a legend: its folder, or its row's folder for a grid's seed folder (ROW/s1)."""
+    run = Path(run)
+    return run.parent.name if run.name[:1] == "s" and run.name[1:].isdigit() else run.name
+
+
+def plot_valid_curves(runs: list[Path], out: Path, metric: str = "recall@50", title: str = "",
+                      panel_per_model: bool = False) -> list[dict]:
+    """Valid `metric` against training iterations: one line per group of runs, the mean over its seeds.
+
+    Runs are grouped by their config less train.seed (as `group_runs`); a shaded band shows the seeds'
+    min-max where there are several, and a dot marks each group's best validation, the checkpoint that is
+    tested. Only steps every seed of a group reached are averaged (early stopping ends seeds apart). A
+    fitted model is a dashed level at its valid value. `panel_per_model` draws one panel per model (e.g.
+    each model's objectives side by side) instead of one axis. Returns one summary per group: label,
+    model, seeds, best step and value of the mean curve, last step.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[Path]] = {}
+    models: dict[str, str] = {}
+    for run in runs:
+        config = load_yaml(Path(run) / "config.yaml")
+        config.get("train", {}).pop("seed", None)
+        key = json.dumps(config, sort_keys=True)
+        groups.setdefault(key, []).append(Path(run))
+        models[key] = config["model_name"]
+    panels = list(dict.fromkeys(models.values())) if panel_per_model else [""]
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(7.0 if columns == 1 else 3.6 * columns, 4.4 * rows if rows == 1
+                                                        else 3.2 * rows), squeeze=False, sharex=True)
+    summaries = []
+    for key, members in groups.items():
+        axis = axes.flat[panels.index(models[key]) if panel_per_model else 0]
+        curves = [valid_curve(run, metric) for run in members]
+        common = np.array(sorted(set.intersection(*(set(steps.tolist()) for steps, _ in curves))))
+        if not len(common):
+            raise UserError(f"{', '.join(map(str, members))}: one setting (seeds apart), no validation step in common")
+        values = np.stack([vals[np.searchsorted(steps, common)] for steps, vals in curves]) * 100
+        mean = values.mean(axis=0)
+        label = run_label(members[0])
+        seeds = f"{len(members)} seed{'s' * (len(members) > 1)}"
+        if common.tolist() == [0]:  # fitted, not trained: the bar a trained model must clear, as a level
+            axis.axhline(mean[0], linestyle="--", linewidth=1.2, color="grey", label=f"{label} (fitted, {seeds})")
+            summaries.append({"label": label, "model": models[key], "runs": len(members), "best_step": 0,
+                              f"best_{metric}": round(float(mean[0]), 2), "last_step": 0,
+                              f"last_{metric}": round(float(mean[0]), 2)})
+            continue
+        line, = axis.plot(common, mean, linewidth=1.5, label=f"{label} ({seeds})")
+        if len(members) > 1:
+            axis.fill_between(common, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
+        best = int(mean.argmax())
+        axis.plot(common[best], mean[best], "o", color=line.get_color(), markersize=4)
+        summaries.append({"label": label, "model": models[key], "runs": len(members), "best_step": int(common[best]),
+                          f"best_{metric}": round(float(mean[best]), 2), "last_step": int(common[-1]),
+                          f"last_{metric}": round(float(mean[-1]), 2)})
+    for axis, panel in zip(axes.flat, panels):
+        axis.set_title(panel, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, ncol=1 if panel_per_model else 2)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis in axes[-1]:
+        axis.set_xlabel("training iterations")
+    for axis in axes[:, 0]:
+        axis.set_ylabel(f"valid {metric} (%)")
+    figure.suptitle(title or f"Valid {metric} during training (dot: best validation)", fontsize=10)
+    figure.tight_layout()
+    with atomic_output(Path(out)) as temporary:
+        figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    return summaries
+
+
 SUMMARY_COLUMNS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "ndcg_std@20", "ndcg_std@50", "hr@20", "hr@50")
 
 

@@ -57,12 +57,15 @@ def remove_stale_staging(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def check_writable_parent(path: Path, option: str) -> None:
+def check_writable_parent(path: Path, option: str, directory: bool = True) -> None:
     """Fail before any work when `path` could not be created: its nearest existing ancestor must be a
-    writable directory, and `path` itself, if it exists, a directory."""
+    writable directory, and `path` itself, if it exists, a directory (a file when `directory` is false,
+    which the write then replaces)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if directory and path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise UserError(f"{option} {path}: is a directory; expected a file name")
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

@@ -286,6 +286,16 @@ def serve(
     run_server(model, host, port, index, data, threads)
 
 
+def _check_figure_name(out: Path) -> None:
+    """`--out` of a figure: a known image suffix, and a file (new or replaced) in a writable directory."""
+    from hpcl4sr.analysis import FIGURE_SUFFIXES
+    from hpcl4sr.atomic import check_writable_parent
+
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"--out {out}: expected a figure name ending in {', '.join(FIGURE_SUFFIXES)}")
+    check_writable_parent(out, "--out", directory=False)
+
+
 @analyze_app.command("similarity")
 def analyze_similarity(
     run: Annotated[list[Path], typer.Option(help="Run directory; repeat to compare runs.")],
@@ -297,13 +307,10 @@ def analyze_similarity(
 
     Prints one JSON line per run with the mean similarity and its 10th, 50th and 90th percentiles.
     """
-    from hpcl4sr.analysis import FIGURE_SUFFIXES, interest_similarities, plot_similarity_histogram, similarity_summary
-    from hpcl4sr.atomic import check_writable_parent
+    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram, similarity_summary
     from hpcl4sr.run import load_run
 
-    if out.suffix.lower() not in FIGURE_SUFFIXES:
-        raise UserError(f"--out {out}: expected a figure name ending in {', '.join(FIGURE_SUFFIXES)}")
-    check_writable_parent(out, "--out")
+    _check_figure_name(out)
     _at_least_one(users, "--users")
     series = {}
     names = [path.name for path in run]
@@ -336,6 +343,26 @@ def analyze_repeats(
         figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size, progress=True)
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, "n": n, **{
             key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}}))
+
+
+@analyze_app.command("curves")
+def analyze_curves(
+    run: Annotated[list[Path], typer.Option(help="Run directory; repeat. Runs of one config form one line.")],
+    out: Annotated[Path, typer.Option(help="Figure to write (.png, .pdf, .svg).")],
+    metric: Annotated[str, typer.Option(help="Validation metric to plot, e.g. recall@50, hr@20.")] = "recall@50",
+    title: Annotated[str, typer.Option(help="Figure title.")] = "",
+    panel_per_model: Annotated[bool, typer.Option(help="One panel per model (e.g. its objectives compared).")] = False,
+) -> None:
+    """Valid metric against training iterations, one line per setting (mean over its seeds).
+
+    Prints one JSON line per line drawn: its best validation step and value, and its last step.
+    """
+    from hpcl4sr.analysis import plot_valid_curves
+
+    _check_figure_name(out)
+    for summary in plot_valid_curves(run, out, metric, title, panel_per_model):
+        typer.echo(json.dumps(summary))
+    typer.echo(f"wrote {out}")
 
 
 @analyze_app.command("summary")

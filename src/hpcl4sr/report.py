@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hpcl4sr.analysis import plot_valid_curves
 from hpcl4sr.atomic import atomic_output, write_text
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment import read_results
@@ -201,7 +202,8 @@ def _budget(out: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def write_report(out: Path) -> Path:
-    """Write OUT/report.md and its figures under OUT/figures/; returns the report's path."""
+    """Write OUT/report.md and its figures under OUT/figures/ (per dataset, the rows' valid curves; the
+    sweeps; Figure 1); returns the report's path."""
     out = Path(out)
     summary_file = out / "experiment.json"
     if not summary_file.is_file():
@@ -224,6 +226,10 @@ def write_report(out: Path) -> Path:
         sections += [f"## {dataset}", "", metrics_table(rows, ours), "",
                      f"Budget: {_budget(out, rows)}. Best validation steps (the checkpoints tested): "
                      f"{best[0]:,} to {best[-1]:,}.", ""]
+        curves = out / "figures" / f"curves_{dataset}.png"
+        plot_valid_curves([out / run["run"] for runs in rows.values() for run in runs], curves,
+                          title=f"{dataset}: valid recall@50 during training, mean over seeds (dot: best)")
+        sections += [f"![valid recall@50 against iterations](figures/{curves.name})", ""]
         if spec.get("paper", {}).get(dataset):
             sections += ["The paper's figures:", "", paper_table(spec["paper"][dataset]), ""]
         baselines = [row for row in rows if row not in ours]

@@ -11,7 +11,7 @@ import pytest
 from hpcl4sr.data.dataset import SequenceDataset
 
 COMMANDS = [[], ["models"], ["config"], ["prepare"], ["train"], ["evaluate"], ["recommend"], ["export"], ["analyze"],
-            ["analyze", "similarity"], ["analyze", "summary"], ["analyze", "repeats"],
+            ["analyze", "similarity"], ["analyze", "summary"], ["analyze", "repeats"], ["analyze", "curves"],
             ["data"], ["data", "fetch"], ["data", "stats"], ["data", "synth"]]
 
 
@@ -91,7 +91,7 @@ def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Pa
     for model in ("comirec-sa", "hpcl4sr"):
         run = tmp_path / model
         result = cli("train", "--data", synthetic_dir, "--model", model, "--out", run, "--no-progress",
-                     "--set", "train.max_iters=20", "--set", "train.eval_every=20", "--set", "train.batch_size=16")
+                     "--set", "train.max_iters=20", "--set", "train.eval_every=10", "--set", "train.batch_size=16")
         assert result.returncode == 0, result.stderr
         runs += ["--run", run]
     figure = tmp_path / "figure1.png"
@@ -112,3 +112,12 @@ def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Pa
     assert [line["model"] for line in lines] == ["comirec-sa", "hpcl4sr"] and lines[0]["n"] == 20
     assert lines[0]["repeat_targets"] == lines[1]["repeat_targets"] > 0  # same users, same cut
     assert all(0 <= line[key] <= 1 for line in lines for key in ("repeat_hit_rate", "new_hit_rate", "history_share"))
+    # the same figure name again: a figure is replaced, not refused
+    curves = cli("analyze", "curves", *runs, "--out", figure, "--metric", "hr@50", "--panel-per-model")
+    assert curves.returncode == 0, curves.stderr
+    lines = [json.loads(line) for line in curves.stdout.splitlines() if line.startswith("{")]
+    assert [(line["model"], line["last_step"]) for line in lines] == [("comirec-sa", 20), ("hpcl4sr", 20)]
+    assert all(line["best_step"] in (10, 20) and 0 <= line["best_hr@50"] <= 100 for line in lines)
+    assert_one_line_error(cli("analyze", "curves", *runs, "--out", figure, "--metric", "hr@7"), "hr@7", "line")
+    (tmp_path / "taken.png").mkdir()
+    assert_one_line_error(cli("analyze", "curves", *runs, "--out", tmp_path / "taken.png"), "is a directory")

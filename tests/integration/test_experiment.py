@@ -50,6 +50,7 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
     assert report.count("**") >= 2 * 6  # one best per metric column
     assert "recall@50: sa − gru" in report and "p = " in report
     assert "The paper's figures" in report
+    assert "figures/curves_synthetic.png" in report and (out / "figures/curves_synthetic.png").stat().st_size > 1000
     saved = np.load(out / results[0]["run"] / "test_users.npz")
     assert saved["recall@50"].mean() == pytest.approx(results[0]["metrics"]["recall@50"], rel=1e-12)
 
