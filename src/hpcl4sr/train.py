@@ -297,7 +297,8 @@ def _train_loop(config: RunConfig, out: Path, checkpoint: dict[str, Any] | None,
 
     step_model = model
     if group.world > 1:
-        # No model has buffers that training changes, so there is nothing to broadcast each step.
+        # Buffers that training changes (a schedule, `begin_step`) are set from the step on every rank alike,
+        # so there is nothing to broadcast each step.
         step_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None, forward_sync_buffers=False)
     if settings.compile:
@@ -313,6 +314,7 @@ def _train_loop(config: RunConfig, out: Path, checkpoint: dict[str, Any] | None,
     try:
         while not state["finished"] and state["step"] < settings.max_iters:
             batch = sampler.sample().to(device)
+            model.begin_step(state["step"])
             with autocast:
                 losses = step_model(batch)
             optimizer.zero_grad(set_to_none=True)

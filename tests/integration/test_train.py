@@ -37,17 +37,37 @@ def test_resume_continues_exactly(synthetic_dir, tmp_path):
     train(run_config(synthetic_dir, max_iters=40), tmp_path / "resumed", progress=False)
     first_seconds = torch.load(tmp_path / "resumed/last.pt", weights_only=True)["state"]["seconds"]
     train(run_config(synthetic_dir, max_iters=60), tmp_path / "resumed", resume=True, progress=False)
-    straight = torch.load(tmp_path / "straight/last.pt", weights_only=True)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
     resumed = torch.load(tmp_path / "resumed/last.pt", weights_only=True)
-    assert straight["state"]["step"] == resumed["state"]["step"] == 60
+    assert resumed["state"]["seconds"] > first_seconds > 0  # training time adds up across the resume
+
+
+def test_a_schedule_resumes_where_it_stopped(synthetic_dir, tmp_path):
+    # HPCL4SR's lambda2 warm-up is set from the step before each step, so a resumed run follows it exactly
+    def config(iters: int):
+        return config_for_run("hpcl4sr", [{"data": {"path": str(synthetic_dir)}, "model": {"cl_warmup": 50},
+                                           "train": {"eval_every": 20, "log_every": 10, "batch_size": 16,
+                                                     "seed": 5, "max_iters": iters}}])
+
+    train(config(40), tmp_path / "straight", progress=False)
+    train(config(20), tmp_path / "resumed", progress=False)
+    train(config(40), tmp_path / "resumed", resume=True, progress=False)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def assert_same_run(first: Path, second: Path) -> None:
+    """Two runs ended with identical weights and wrote identical logs (training times aside)."""
+    straight = torch.load(first / "last.pt", weights_only=True)
+    resumed = torch.load(second / "last.pt", weights_only=True)
+    assert straight["state"]["step"] == resumed["state"]["step"]
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
-    def records(run: str) -> list[dict]:
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+
+    def records(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
-    assert records("straight") == records("resumed")
-    assert resumed["state"]["seconds"] > first_seconds > 0  # training time adds up across the resume
+    assert records(first) == records(second)
 
 
 def test_existing_run_needs_resume(synthetic_dir, tmp_path):

@@ -188,3 +188,24 @@ def test_attention_low_extractor_ignores_padding(synthetic_dir):
         clean, noisy = model.interests(batch), model.interests(dataclasses.replace(batch, history=garbage))
     assert clean.shape == (8, config.model.interests, config.model.dim)
     torch.testing.assert_close(clean, noisy)
+
+
+def test_cl_warmup_ramps_lambda2_from_zero_by_step(synthetic_dir):
+    config = config_for_run("hpcl4sr", [{"model": {"cl_warmup": 100, "lambda_cl": 2.0}}])
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    model = build_model(config, data, 20)
+    batch = TrainSampler(data, 8, 20, 4, seed=0).sample()
+    for step, share in ((0, 0.0), (25, 0.25), (100, 1.0), (250, 1.0)):
+        model.begin_step(step)
+        torch.manual_seed(1)  # the same sampled negatives at every step
+        losses = model.loss(batch)
+        expected = losses["rec"] + 0.1 * losses["class"] + share * 2.0 * losses["cl"]
+        assert torch.allclose(losses["total"], expected), step
+
+
+def test_zero_fusion_bias_starts_at_zero_and_the_default_does_not(synthetic_dir):
+    data = SequenceDataset(synthetic_dir)
+    for choice, is_zero in (("zero", True), ("default", False)):
+        model = build_model(config_for_run("hpcl4sr", [{"model": {"fusion_bias": choice}}]), data, 20)
+        assert bool((model.fusion.bias == 0).all()) is is_zero

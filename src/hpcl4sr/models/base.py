@@ -121,6 +121,13 @@ class SequentialRecommender(nn.Module):
         """
         raise NotImplementedError(f"{self.name} is trained with SGD, not fitted")
 
+    def begin_step(self, step: int) -> None:
+        """Called by the trainer before each training step, `step` being the number of steps done so far.
+
+        A model whose objective follows a schedule (HPCL4SR's lambda2 warm-up) sets it here, from the step
+        alone, so a resumed run follows the same schedule. The default has none.
+        """
+
     def interests(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 

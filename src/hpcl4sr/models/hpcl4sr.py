@@ -160,6 +160,13 @@ class HPCL4SRConfig(ModelConfig):
         hops: powers of A2 in eq. 2.
         gcn_layers: L of eq. 3-4.
         routing_iterations: rounds of the capsule routing of eq. 10.
+        cl_warmup: training steps over which lambda2 rises linearly from 0 to `lambda_cl` (0: none, the
+            paper, which sets no schedule). At initialisation the contrastive gradient is 1,000-3,000 times
+            the recommendation gradient on the routing, context and position layers, and Adam's second
+            moments then keep those layers slow; a warm-up lets the recommendation loss shape them first.
+        fusion_bias: default (PyTorch's uniform initialisation of eq. 13's bias, the paper's silence) | zero.
+            A random bias is one offset shared by the K fused interests of every user, so at initialisation
+            they start alike and the contrast (whose negatives are the user's other interests) pushes hard.
         low_extractor: capsule (P_u by dynamic routing, eq. 10, the paper) | attention (ComiRec-SA's K-head
             attention over Z, aggregating the item embeddings; a departure, docs/design-notes.md).
         high_level: the category-graph path (eq. 1-6); false for the `base` variants.
@@ -178,6 +185,8 @@ class HPCL4SRConfig(ModelConfig):
     hops: int = 4
     gcn_layers: int = 2
     routing_iterations: int = 3
+    cl_warmup: int = 0
+    fusion_bias: str = "default"
     low_extractor: str = "capsule"
     high_level: bool = True
     high_pool: str = "attention"
@@ -190,7 +199,8 @@ class HPCL4SRConfig(ModelConfig):
         super().validate()
         choices = {"high_pool": ("attention", "linear"), "fusion": ("mlp", "add", "mul"),
                    "low_extractor": ("capsule", "attention"),
-                   "class_mode": ("supervised", "reversed"), "serve": ("fused", "low")}
+                   "class_mode": ("supervised", "reversed"), "serve": ("fused", "low"),
+                   "fusion_bias": ("default", "zero")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"model.{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -199,6 +209,8 @@ class HPCL4SRConfig(ModelConfig):
                             "(without Q_u there is no fused view)")
         if not 0 < self.alpha <= 1 or self.hops < 0 or self.temperature <= 0:
             raise UserError("model.alpha must be in (0, 1], model.hops >= 0 and model.temperature > 0")
+        if self.cl_warmup < 0:
+            raise UserError(f"model.cl_warmup: expected a number of steps >= 0, got {self.cl_warmup}")
 
 
 class GradientReversal(torch.autograd.Function):
@@ -246,6 +258,14 @@ class HPCL4SR(SequentialRecommender):
                 self.high_pool_weights = nn.Parameter(torch.randn(config.interests, max_len) * max_len**-0.5)
             if config.fusion == "mlp":
                 self.fusion = nn.Linear(2 * dim, dim)
+                if config.fusion_bias == "zero":
+                    nn.init.zeros_(self.fusion.bias)
+        # lambda2's share of its full value this step (the warm-up); a tensor, so torch.compile never recompiles
+        self.register_buffer("cl_ramp", torch.ones(()), persistent=False)
+
+    def begin_step(self, step: int) -> None:
+        if self.config.cl_warmup:
+            self.cl_ramp.fill_(min(1.0, step / self.config.cl_warmup))
 
     # --- high-level preference interests Q_u (eq. 1-6) ---------------------------------------------
     def category_table(self) -> torch.Tensor:
@@ -349,7 +369,8 @@ class HPCL4SR(SequentialRecommender):
             losses["cl"] = angular_contrastive_loss(parts["low"], parts["fused"], config.margin, config.temperature)
         if config.routing_reg > 0:
             losses["reg"] = routing_regularization(parts["coupling"], config.dim)
-        weights = {"rec": 1.0, "class": config.lambda_class, "cl": config.lambda_cl, "reg": config.routing_reg}
+        weights = {"rec": 1.0, "class": config.lambda_class, "cl": config.lambda_cl * self.cl_ramp,
+                   "reg": config.routing_reg}
         losses["total"] = sum(weights[name] * value for name, value in losses.items())  # eq. 20
         return losses
 
