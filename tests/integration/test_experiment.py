@@ -209,15 +209,18 @@ def test_runners_option_trains_each_cell_once_and_records_all(synthetic_dir, tmp
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "no_such_key" in failed.stderr
 
 
-@pytest.mark.parametrize("name", ["table2", "table3", "sweeps", "similarity"])
-def test_shipped_experiment_files_are_valid(name, tmp_path):
+SHIPPED = sorted((Path(__file__).parents[2] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)
+def test_shipped_experiment_files_are_valid(path, tmp_path):
     from hpcl4sr.experiment import cell_config
 
-    experiment = load_experiment(Path(__file__).parents[2] / "experiments" / f"{name}.yaml")
+    experiment = load_experiment(path)
     cells = experiment.cells()
     assert len({cell.id for cell in cells}) == len(cells)
-    for cell in cells:  # every layer names real keys with well-typed values
-        assert cell_config(cell, tmp_path).train.max_iters == 12_000
+    for cell in cells:  # every layer names real keys with well-typed values; budgets a CPU can hold
+        assert cell_config(cell, tmp_path).train.max_iters in (10_000, 12_000)
     for spec in experiment.datasets.values():  # downloaded, or named so that a missing file can be reported
         assert spec.fetch == "tafeng" or (spec.raw and all(path.name for path in spec.raw))
 
