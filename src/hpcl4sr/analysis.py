@@ -13,14 +13,14 @@ from tqdm import tqdm
 
 from hpcl4sr.atomic import atomic_output
 from hpcl4sr.config import load_yaml
-from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender
 
 
 @torch.no_grad()
 def interest_similarities(
-    model: SequentialRecommender, dataset: SequenceDataset, max_len: int, users: int, seed: int = 0
+    model: SequentialRecommender, dataset: SequenceDataset, users: int, seed: int = 0
 ) -> np.ndarray:
     """Cosine similarities between every pair of a user's K interests, for `users` random test users.
 
@@ -29,7 +29,7 @@ def interest_similarities(
     """
     candidates = dataset.eval_users("test")
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, min(users, len(candidates)), replace=False))
-    batch = next(dataset.eval_batches("test", len(chosen), max_len, users=chosen))
+    batch = next(dataset.eval_batches("test", len(chosen), model.max_len, users=chosen))
     device = model.device
     interests = torch.nn.functional.normalize(model.eval().interests(batch.to(device)), dim=-1)
     cosine = interests @ interests.transpose(1, 2)
@@ -39,7 +39,7 @@ def interest_similarities(
 
 @torch.no_grad()
 def repeat_breakdown(
-    model: SequentialRecommender, dataset: SequenceDataset, split: str, max_len: int, n: int = 50,
+    model: SequentialRecommender, dataset: SequenceDataset, split: str, n: int = 50,
     batch_size: int = 1024, progress: bool = False,
 ) -> dict[str, float]:
     """Hits on repeat targets (items already in the evaluation history) and on new ones, pooled over users.
@@ -52,7 +52,7 @@ def repeat_breakdown(
     model.eval()
     device = model.device
     counts = dict.fromkeys(("repeat_targets", "repeat_hits", "new_targets", "new_hits", "history_slots", "slots"), 0)
-    batches = dataset.eval_batches(split, batch_size, max_len)
+    batches = dataset.eval_batches(split, batch_size, model.max_len)
     total = -(-len(dataset.eval_users(split)) // batch_size)
     for batch in tqdm(batches, total=total, desc=f"repeats {split}", disable=not progress, leave=False):
         ranked, _, _ = model.rank(batch.to(device), n)
@@ -157,15 +157,19 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
     from hpcl4sr.run import load_run
 
     loaded = [load_run(run) for run in runs]
-    dataset, max_len = loaded[0][1], loaded[0][3]
-    for run, (_, other, _, _) in zip(runs, loaded):
+    dataset = loaded[0][1]
+    for run, (_, other, _) in zip(runs, loaded):
         if other.path.resolve() != dataset.path.resolve():
             raise UserError(f"{run}: trained on {other.path}, not {dataset.path}; compare runs of one dataset")
     user = dataset.user_index(raw_user)
     split = dataset.split_of(user)
     if split == "train" or user not in dataset.eval_users(split):
         raise UserError(f"user {raw_user!r} is a {split} user without held-out items; pick a valid or test user")
-    batch = next(dataset.eval_batches(split, 1, max_len, users=np.array([user])))
+
+    def user_batch(max_len: int) -> Batch:
+        return next(dataset.eval_batches(split, 1, max_len, users=np.array([user])))
+
+    batch = user_batch(loaded[0][2].max_len)  # the history shown: the first run's last max_len items
     items, categories = dataset.raw_ids("item"), dataset.raw_ids("category")
 
     def named(item: int) -> str:
@@ -177,9 +181,9 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
              f"History (last {len(history)} items, oldest first): " + ", ".join(named(i) for i in history), "",
              f"Targets ({len(targets)}): " + ", ".join(named(i) for i in targets), ""]
     columns = []
-    for run, (config, _, model, _) in zip(runs, loaded):
+    for run, (config, _, model) in zip(runs, loaded):
         with torch.no_grad():
-            ranked = model.rank(batch.to(model.device), top)[0][0].tolist()
+            ranked = model.rank(user_batch(model.max_len).to(model.device), top)[0][0].tolist()
         hits = sum(item in set(targets) for item in ranked)
         columns.append((f"{config.model_name} ({Path(run).name}): {hits} hits",
                         [("✓ " if item in set(targets) else "") + named(item) for item in ranked]))

@@ -211,8 +211,8 @@ def evaluate(
     from hpcl4sr.evaluate import evaluate_model
     from hpcl4sr.run import load_run
 
-    config, dataset, model, max_len = load_run(run, checkpoint, data=data)
-    metrics = evaluate_model(model, dataset, split, max_len, config.train.eval_batch_size,
+    config, dataset, model = load_run(run, checkpoint, data=data)
+    metrics = evaluate_model(model, dataset, split, config.train.eval_batch_size,
                              filter_history=filter_history, progress=True)
     typer.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
 
@@ -264,8 +264,8 @@ def export(
     from hpcl4sr.serve.export import export_run
 
     check_new_output(out, "--out")
-    config, dataset, model, max_len = load_run(run, data=data)
-    manifest = export_run(model, config, ServingData.from_dataset(dataset, max_len), out)
+    config, dataset, model = load_run(run, data=data)
+    manifest = export_run(model, config, ServingData.from_dataset(dataset, model.max_len), out)
     vectors = f"{manifest['users']} users x {manifest['interests']} interests, " if "users" in manifest else ""
     typer.echo(f"wrote {out}: {vectors}{manifest['items']} items")
 
@@ -308,8 +308,8 @@ def analyze_similarity(
     series = {}
     names = [path.name for path in run]
     for path in run:
-        config, dataset, model, max_len = load_run(path)
-        values = interest_similarities(model, dataset, max_len, users, seed)
+        config, dataset, model = load_run(path)
+        values = interest_similarities(model, dataset, users, seed)
         # runs of one grid share their last folder name (s1, s2, ...): then the whole path tells them apart
         series[f"{config.model_name} ({path.name if names.count(path.name) == 1 else path})"] = values
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, **similarity_summary(values)}))
@@ -332,8 +332,8 @@ def analyze_repeats(
 
     _at_least_one(n, "-n")
     for path in run:
-        config, dataset, model, max_len = load_run(path)
-        figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size, progress=True)
+        config, dataset, model = load_run(path)
+        figures = repeat_breakdown(model, dataset, split, n, config.train.eval_batch_size, progress=True)
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, "n": n, **{
             key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}}))
 

@@ -363,9 +363,9 @@ def _record_test_users(run: Path) -> None:
     target = run / "test_users.npz"
     if target.is_file():
         return
-    config, dataset, model, max_len = load_run(run, "best.pt")
+    config, dataset, model = load_run(run, "best.pt")
     users = dataset.eval_users("test")
-    values = user_metrics(model, dataset, "test", max_len, config.train.eval_batch_size, users=users)
+    values = user_metrics(model, dataset, "test", config.train.eval_batch_size, users=users)
     with atomic_output(target) as temporary, temporary.open("wb") as file:
         np.savez(file, users=users, **values)
 

@@ -264,8 +264,8 @@ def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, 
         for row in spec["rows"]:
             if (dataset, row, None) not in groups:
                 continue
-            config, data, model, max_len = load_run(out / groups[(dataset, row, None)][0]["run"])
-            series[row] = interest_similarities(model, data, max_len, users)
+            config, data, model = load_run(out / groups[(dataset, row, None)][0]["run"])
+            series[row] = interest_similarities(model, data, users)
         if not series:
             continue
         figure = out / "figures" / f"similarity_{dataset}.png"

@@ -154,15 +154,16 @@ def build_model(config: RunConfig, data: SequenceDataset | Catalogue, max_len: i
 
 
 def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None, data: Path | None = None
-             ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender, int]:
-    """A trained run ready for inference: its config, dataset, model (eval mode) and max_len.
+             ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender]:
+    """A trained run ready for inference: its config, dataset and model (eval mode).
 
-    `device` None: CUDA when available unless the run was trained with train.device cpu. `data` overrides
-    the recorded dataset directory. The model also carries its max_len (`model.max_len`).
+    The model carries the history length it was built for (`model.max_len`), which every inference path
+    reads. `device` None: CUDA when available unless the run was trained with train.device cpu. `data`
+    overrides the recorded dataset directory.
     """
     config = with_data(read_run_config(run), data)
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len)
     load_weights(model, Path(run) / checkpoint)
     device = device or ("cpu" if config.train.device == "cpu" else "auto")
-    return config, dataset, model.to(resolve_device(device)).eval(), max_len
+    return config, dataset, model.to(resolve_device(device)).eval()

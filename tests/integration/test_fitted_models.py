@@ -46,7 +46,7 @@ def test_the_run_directory_records_every_candidate_and_the_choice(knn_run):
     checkpoint = torch.load(knn_run / "best.pt", weights_only=True)
     assert set(checkpoint) >= {"model", "state", "config", "version"}
     assert checkpoint["model"]["neighbour_ids"].shape[1] == chosen["neighbours"]
-    _, _, model, _ = load_run(knn_run)
+    _, _, model = load_run(knn_run)
     assert torch.equal(model.neighbour_sims, checkpoint["model"]["neighbour_sims"])
 
 

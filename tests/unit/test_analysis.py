@@ -12,7 +12,7 @@ def test_repeat_breakdown_matches_brute_force(synthetic_dir):
     config = config_for_run("comirec-sa", [{"data": {"path": str(synthetic_dir)}}])
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len).eval()
-    figures = repeat_breakdown(model, dataset, "test", max_len, n=20, batch_size=64)
+    figures = repeat_breakdown(model, dataset, "test", n=20, batch_size=64)
 
     counts = np.zeros(6, dtype=np.int64)  # repeat targets, repeat hits, new targets, new hits, history slots, slots
     with torch.no_grad():
