@@ -80,6 +80,13 @@ def similarity_summary(values: np.ndarray) -> dict[str, float | int]:
             "p10": p10, "median": median, "p90": p90}
 
 
+def distinct_names(runs: list[Path]) -> list[str]:
+    """A legend name for each run directory: its last folder name, or its whole path where several runs share
+    that name (the runs of one grid end in s1, s2, ...)."""
+    names = [path.name for path in runs]
+    return [path.name if names.count(path.name) == 1 else str(path) for path in runs]
+
+
 def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path, dataset: str) -> None:
     """One step outline per run on shared bins, written atomically to `out` (format from its suffix).
 

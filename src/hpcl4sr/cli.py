@@ -61,11 +61,10 @@ def show_config(
     set_: Annotated[list[str], typer.Option("--set", help="Override SECTION.KEY=VALUE; repeatable.")] = [],
 ) -> None:
     """Print every key of a run config with its value and description, as YAML `--config` reads back."""
-    from hpcl4sr.config import describe, load_yaml, parse_assignments
-    from hpcl4sr.run import config_for_run
+    from hpcl4sr.config import describe
+    from hpcl4sr.run import command_line_layers, config_for_run
 
-    layers = [load_yaml(path) for path in config or []]
-    typer.echo(describe(config_for_run(model, [*layers, parse_assignments(set_)])), nl=False)
+    typer.echo(describe(config_for_run(model, command_line_layers(config or [], None, set_))), nl=False)
 
 
 @app.command()
@@ -163,15 +162,12 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model; writes checkpoints, metrics.jsonl and test_metrics.json into the run directory."""
-    from hpcl4sr.config import load_yaml, parse_assignments
     from hpcl4sr.distributed import launched_rank
-    from hpcl4sr.run import config_for_run, read_run_config
+    from hpcl4sr.models import requested_model
+    from hpcl4sr.run import command_line_layers, config_for_run, read_run_config
     from hpcl4sr.train import train as run_training
 
-    layers = [load_yaml(path) for path in config or []]
-    if data is not None:
-        layers.append({"data": {"path": str(data.resolve())}})
-    layers.append(parse_assignments(set_))
+    layers = command_line_layers(config or [], data, set_)
     if resume is not None:
         beside = next((name for name, value in (("--model", model), ("--out", out)) if value is not None), None)
         if beside is not None:
@@ -179,7 +175,7 @@ def train(
                             "directory (change only train settings such as --set train.max_iters=N)")
         run_config, run_dir = read_run_config(resume, layers), resume
     else:
-        model_name = model or next((layer["model_name"] for layer in layers if "model_name" in layer), None)
+        model_name = requested_model(model, layers)
         if model_name is None or out is None:
             raise UserError("train needs --model NAME and --out RUN (or --resume RUN)")
         run_config, run_dir = config_for_run(model_name, layers), out
@@ -297,7 +293,13 @@ def analyze_similarity(
 
     Prints one JSON line per run with the mean similarity and its 10th, 50th and 90th percentiles.
     """
-    from hpcl4sr.analysis import FIGURE_SUFFIXES, interest_similarities, plot_similarity_histogram, similarity_summary
+    from hpcl4sr.analysis import (
+        FIGURE_SUFFIXES,
+        distinct_names,
+        interest_similarities,
+        plot_similarity_histogram,
+        similarity_summary,
+    )
     from hpcl4sr.atomic import check_writable_parent
     from hpcl4sr.run import load_run
 
@@ -306,12 +308,10 @@ def analyze_similarity(
     check_writable_parent(out, "--out")
     _at_least_one(users, "--users")
     series = {}
-    names = [path.name for path in run]
-    for path in run:
+    for path, name in zip(run, distinct_names(run)):
         config, dataset, model = load_run(path)
         values = interest_similarities(model, dataset, users, seed)
-        # runs of one grid share their last folder name (s1, s2, ...): then the whole path tells them apart
-        series[f"{config.model_name} ({path.name if names.count(path.name) == 1 else path})"] = values
+        series[f"{config.model_name} ({name})"] = values
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, **similarity_summary(values)}))
     plot_similarity_histogram(series, out, dataset.path.name)
     typer.echo(f"wrote {out}")
