@@ -367,7 +367,8 @@ def experiment_run(
 ) -> None:
     """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed."""
     from hpcl4sr.config import parse_assignments
-    from hpcl4sr.experiment import load_experiment, parse_raw_option, run_experiment, run_with_runners
+    from hpcl4sr.experiment import run_experiment, run_with_runners
+    from hpcl4sr.experiment_file import load_experiment, parse_raw_option
 
     experiment = load_experiment(file).with_raw(parse_raw_option(raw))
     if seeds:

@@ -17,7 +17,8 @@ import yaml
 from hpcl4sr.analysis import case_study
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
-from hpcl4sr.experiment import load_experiment, read_results, run_experiment
+from hpcl4sr.experiment import read_results, run_experiment
+from hpcl4sr.experiment_file import load_experiment
 from hpcl4sr.report import _grouped, _swept_default, metrics_table, paired_bootstrap, write_report
 
 TINY = {"train.max_iters": 30, "train.eval_every": 15, "train.log_every": 15, "train.batch_size": 32,
@@ -239,7 +240,8 @@ def test_a_dataset_that_cannot_be_fetched_names_its_files_and_the_option(tmp_pat
 
 def test_a_fetch_dataset_is_downloaded_into_the_output_once(synthetic_csv, tmp_path, monkeypatch):
     from hpcl4sr.data import fetch
-    from hpcl4sr.experiment import DatasetSpec, prepared_dataset
+    from hpcl4sr.experiment import prepared_dataset
+    from hpcl4sr.experiment_file import DatasetSpec
 
     calls = []
     monkeypatch.setattr(fetch, "fetch_tafeng", lambda into: calls.append(into) or synthetic_csv)

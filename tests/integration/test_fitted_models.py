@@ -13,7 +13,8 @@ import yaml
 
 from hpcl4sr import train as train_module
 from hpcl4sr.data.dataset import SequenceDataset
-from hpcl4sr.experiment import load_experiment, run_experiment
+from hpcl4sr.experiment import run_experiment
+from hpcl4sr.experiment_file import load_experiment
 from hpcl4sr.report import write_report
 from hpcl4sr.run import config_for_run, load_run
 from hpcl4sr.train import train
