@@ -70,6 +70,34 @@ def repeat_breakdown(
             "history_share": counts["history_slots"] / max(counts["slots"], 1)}
 
 
+SIMILARITY_FILE = "interest_similarity.npz"  # a run's recorded Figure 1 sample
+# Every run draws its users with this seed (`analyze similarity`'s default), so a grid's runs are compared on
+# the same users whatever their training seed.
+SIMILARITY_SEED = 0
+
+
+def record_interest_similarities(run: Path, model: SequentialRecommender, dataset: SequenceDataset, users: int
+                                 ) -> np.ndarray:
+    """`interest_similarities` of `users` test users drawn with SIMILARITY_SEED, written to
+    RUN/interest_similarity.npz (with the number of users asked for and the seed) and returned."""
+    values = interest_similarities(model, dataset, users, SIMILARITY_SEED)
+    with atomic_output(Path(run) / SIMILARITY_FILE) as temporary, temporary.open("wb") as file:
+        np.savez(file, users=users, seed=SIMILARITY_SEED, similarities=values)
+    return values
+
+
+def recorded_interest_similarities(run: Path, users: int) -> np.ndarray | None:
+    """What `record_interest_similarities` wrote for `users` users; None when the run holds no such sample
+    (it finished before runs recorded one, or recorded one for another number of users)."""
+    file = Path(run) / SIMILARITY_FILE
+    if not file.is_file():
+        return None
+    with np.load(file) as saved:
+        if int(saved["users"]) != users or int(saved["seed"]) != SIMILARITY_SEED:
+            return None
+        return saved["similarities"]
+
+
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # the formats `analyze similarity --out` writes
 
 

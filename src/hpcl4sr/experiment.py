@@ -6,8 +6,9 @@ dataset without raw files is downloaded into OUT/raw/NAME on first use.
 `run_experiment` prepares each dataset once into OUT/data/NAME, then trains the cells one after another
 into OUT/runs/DATASET/ROW[/KEY=VALUE]/sS: a cell whose test_metrics.json exists is skipped, one with a
 last.pt is resumed (so a run killed halfway continues where it stopped), and each finished cell gets one
-line in OUT/results.jsonl plus its per-user test metrics (OUT/runs/.../test_users.npz, for the
-significance tests of the report).
+line in OUT/results.jsonl plus what the report reads of it: its per-user test metrics
+(OUT/runs/.../test_users.npz, for the significance tests) and, when the file asks for Figure 1, its
+interest similarity sample (interest_similarity.npz).
 
 Cells are keyed by their resolved config (less the settings that change only speed): a run directory or
 a results line written for another config than the file now asks for (an edited row) is never taken for
@@ -37,6 +38,7 @@ from hpcl4sr.atomic import atomic_output, check_writable_parent, exclusive_lock,
 from hpcl4sr.config import SPEED_ONLY, RunConfig
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment_file import Cell, DatasetSpec, Experiment
+from hpcl4sr.models.base import model_class
 from hpcl4sr.run import config_for_run, read_meta, read_run_config
 
 
@@ -156,19 +158,26 @@ def read_results(out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def _record_test_users(run: Path) -> None:
-    """Per-user test metrics of best.pt, for paired significance tests; written once per cell."""
+def _record_test_outputs(run: Path, similarity_users: int | None) -> None:
+    """What the report reads of a finished cell, computed once from best.pt: the per-user test metrics
+    (test_users.npz, for paired significance tests) and, for `similarity_users` (None: the experiment draws
+    no Figure 1), the interest similarity sample (interest_similarity.npz)."""
+    from hpcl4sr.analysis import record_interest_similarities, recorded_interest_similarities
     from hpcl4sr.evaluate import user_metrics
     from hpcl4sr.run import load_run
 
     target = run / "test_users.npz"
-    if target.is_file():
+    similarity = similarity_users is not None and recorded_interest_similarities(run, similarity_users) is None
+    if target.is_file() and not similarity:
         return
     config, dataset, model = load_run(run, "best.pt")
-    users = dataset.eval_users("test")
-    values = user_metrics(model, dataset, "test", config.train.eval_batch_size, users=users)
-    with atomic_output(target) as temporary, temporary.open("wb") as file:
-        np.savez(file, users=users, **values)
+    if not target.is_file():
+        users = dataset.eval_users("test")
+        values = user_metrics(model, dataset, "test", config.train.eval_batch_size, users=users)
+        with atomic_output(target) as temporary, temporary.open("wb") as file:
+            np.savez(file, users=users, **values)
+    if similarity:
+        record_interest_similarities(run, model, dataset, similarity_users)
 
 
 def _record_result(out: Path, cell: Cell, run: Path, key: str) -> None:
@@ -245,7 +254,8 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
                 if run.is_dir() and not (run / "last.pt").is_file():
                     shutil.rmtree(run)  # a runner killed before the cell's first checkpoint: start it afresh
                 train(configs[index], run, resume=(run / "last.pt").is_file(), progress=False)
-            _record_test_users(run)
+            # a fitted model has no interest vectors to compare
+            _record_test_outputs(run, None if model_class(cell.model).fitted else experiment.similarity_users)
             _record_result(out, cell, run, keys[index])
     bar.close()
     if elsewhere:

@@ -30,6 +30,7 @@ from hpcl4sr.errors import UserError
 FETCHABLE = ("tafeng",)  # datasets `hpcl4sr data fetch` can download
 EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
 ROW_KEYS = {"model", "config", "set"}
+SIMILARITY_USERS = 128  # the test users Figure 1 samples when `similarity:` does not say
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class Experiment:
         return {"file": str(self.path), "datasets": list(self.datasets), "rows": list(self.rows),
                 "seeds": list(self.seeds), "sweep": self.sweep, "ours": list(self.ours), "paper": self.paper,
                 "similarity": self.similarity}
+
+    @property
+    def similarity_users(self) -> int | None:
+        """How many test users the paper's Figure 1 samples; None when the file does not draw it."""
+        return None if self.similarity is None else self.similarity.get("users", SIMILARITY_USERS)
 
     def with_seeds(self, seeds: list[int]) -> Experiment:
         """The same grid restricted to some of its seeds (a smaller first pass on a small machine)."""
@@ -193,11 +199,16 @@ def load_experiment(path: Path) -> Experiment:
         raise UserError(f"{path}: ours: expected a model row or a list of them ({', '.join(rows)}), "
                         f"got {spec['ours']!r}")
     similarity = spec.get("similarity")
+    if similarity is not None:
+        similarity = _mapping(similarity, path, "similarity")
+        users = similarity.get("users", SIMILARITY_USERS)
+        if set(similarity) - {"users"} or isinstance(users, bool) or not isinstance(users, int) or users < 1:
+            raise UserError(f"{path}: similarity: expected {{users: N}} with N a positive integer, got {similarity!r}")
     return Experiment(
         path=path, datasets=datasets, rows=rows, seeds=tuple(seeds),
         common=nested(_mapping(spec.get("set"), path, "set"), path, "set"),
         sweep=sweep, ours=tuple(ours), paper=_mapping(spec.get("paper"), path, "paper"),
-        similarity=None if similarity is None else _mapping(similarity, path, "similarity"),
+        similarity=similarity,
     )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hpcl4sr.analysis import case_study
+from hpcl4sr.analysis import case_study, interest_similarities
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment import read_results, run_experiment
@@ -152,6 +152,40 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
                                         datasets={"synthetic": {"path": None}}))
     with pytest.raises(UserError, match=r"models.a.config: expected a file name or a list of them, got \[3\]"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec", "config": [3]}}))
+    with pytest.raises(UserError, match=r"similarity: expected \{users: N\} with N a positive integer"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
+                                        similarity={"users": 0}))
+
+
+def test_cells_record_the_similarity_sample_that_the_report_draws(synthetic_dir, tmp_path, monkeypatch):
+    import hpcl4sr.run
+
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}, "pop": {"model": "pop"}},
+                           seeds=[1], similarity={"users": 20})
+    out = tmp_path / "out"
+    results = run_experiment(load_experiment(file), out, progress=False)
+    sa = out / results[0]["run"]
+    with np.load(sa / "interest_similarity.npz") as saved:
+        recorded = saved["similarities"]
+    _, dataset, model = hpcl4sr.run.load_run(sa)
+    assert recorded.shape == (20, 6)  # 20 users x the 4 * 3 / 2 pairs of comirec-sa's default K = 4
+    assert np.array_equal(recorded, interest_similarities(model, dataset, 20, seed=0))
+    assert not (out / results[1]["run"] / "interest_similarity.npz").exists()  # pop has no interest vectors
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report loaded a model")
+
+    monkeypatch.setattr(hpcl4sr.run, "load_run", no_model)
+    report = write_report(out).read_text()
+    assert "## Interest similarity on synthetic" in report and f"| sa | {recorded.mean():.3f} |" in report
+    assert "| pop |" not in report.split("## Interest similarity")[1]
+    assert (out / "figures" / "similarity_synthetic.png").stat().st_size > 0
+
+    monkeypatch.undo()  # a cell finished before cells recorded the sample: the report records it, once
+    (sa / "interest_similarity.npz").unlink()
+    assert write_report(out).read_text() == report
+    with np.load(sa / "interest_similarity.npz") as saved:
+        assert np.array_equal(saved["similarities"], recorded)
 
 
 def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_path):
