@@ -13,14 +13,14 @@ from tqdm import tqdm
 
 from hpcl4sr.atomic import atomic_output
 from hpcl4sr.config import load_yaml
-from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender
 
 
 @torch.no_grad()
 def interest_similarities(
-    model: SequentialRecommender, dataset: SequenceDataset, max_len: int, users: int, seed: int = 0
+    model: SequentialRecommender, dataset: SequenceDataset, users: int, seed: int = 0
 ) -> np.ndarray:
     """Cosine similarities between every pair of a user's K interests, for `users` random test users.
 
@@ -29,7 +29,7 @@ def interest_similarities(
     """
     candidates = dataset.eval_users("test")
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, min(users, len(candidates)), replace=False))
-    batch = next(dataset.eval_batches("test", len(chosen), max_len, users=chosen))
+    batch = next(dataset.eval_batches("test", len(chosen), model.max_len, users=chosen))
     device = model.device
     interests = torch.nn.functional.normalize(model.eval().interests(batch.to(device)), dim=-1)
     cosine = interests @ interests.transpose(1, 2)
@@ -39,7 +39,7 @@ def interest_similarities(
 
 @torch.no_grad()
 def repeat_breakdown(
-    model: SequentialRecommender, dataset: SequenceDataset, split: str, max_len: int, n: int = 50,
+    model: SequentialRecommender, dataset: SequenceDataset, split: str, n: int = 50,
     batch_size: int = 1024, progress: bool = False,
 ) -> dict[str, float]:
     """Hits on repeat targets (items already in the evaluation history) and on new ones, pooled over users.
@@ -52,7 +52,7 @@ def repeat_breakdown(
     model.eval()
     device = model.device
     counts = dict.fromkeys(("repeat_targets", "repeat_hits", "new_targets", "new_hits", "history_slots", "slots"), 0)
-    batches = dataset.eval_batches(split, batch_size, max_len)
+    batches = dataset.eval_batches(split, batch_size, model.max_len)
     total = -(-len(dataset.eval_users(split)) // batch_size)
     for batch in tqdm(batches, total=total, desc=f"repeats {split}", disable=not progress, leave=False):
         ranked, _, _ = model.rank(batch.to(device), n)
@@ -70,6 +70,34 @@ def repeat_breakdown(
             "history_share": counts["history_slots"] / max(counts["slots"], 1)}
 
 
+SIMILARITY_FILE = "interest_similarity.npz"  # a run's recorded Figure 1 sample
+# Every run draws its users with this seed (`analyze similarity`'s default), so a grid's runs are compared on
+# the same users whatever their training seed.
+SIMILARITY_SEED = 0
+
+
+def record_interest_similarities(run: Path, model: SequentialRecommender, dataset: SequenceDataset, users: int
+                                 ) -> np.ndarray:
+    """`interest_similarities` of `users` test users drawn with SIMILARITY_SEED, written to
+    RUN/interest_similarity.npz (with the number of users asked for and the seed) and returned."""
+    values = interest_similarities(model, dataset, users, SIMILARITY_SEED)
+    with atomic_output(Path(run) / SIMILARITY_FILE) as temporary, temporary.open("wb") as file:
+        np.savez(file, users=users, seed=SIMILARITY_SEED, similarities=values)
+    return values
+
+
+def recorded_interest_similarities(run: Path, users: int) -> np.ndarray | None:
+    """What `record_interest_similarities` wrote for `users` users; None when the run holds no such sample
+    (it finished before runs recorded one, or recorded one for another number of users)."""
+    file = Path(run) / SIMILARITY_FILE
+    if not file.is_file():
+        return None
+    with np.load(file) as saved:
+        if int(saved["users"]) != users or int(saved["seed"]) != SIMILARITY_SEED:
+            return None
+        return saved["similarities"]
+
+
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # the formats `analyze similarity --out` writes
 
 
@@ -78,6 +106,13 @@ def similarity_summary(values: np.ndarray) -> dict[str, float | int]:
     p10, median, p90 = np.quantile(values, [0.1, 0.5, 0.9]).round(4).tolist()
     return {"users": int(values.shape[0]), "pairs": int(values.size), "mean_similarity": round(float(values.mean()), 4),
             "p10": p10, "median": median, "p90": p90}
+
+
+def distinct_names(runs: list[Path]) -> list[str]:
+    """A legend name for each run directory: its last folder name, or its whole path where several runs share
+    that name (the runs of one grid end in s1, s2, ...)."""
+    names = [path.name for path in runs]
+    return [path.name if names.count(path.name) == 1 else str(path) for path in runs]
 
 
 def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path, dataset: str) -> None:
@@ -257,15 +292,19 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
     from hpcl4sr.run import load_run
 
     loaded = [load_run(run) for run in runs]
-    dataset, max_len = loaded[0][1], loaded[0][3]
-    for run, (_, other, _, _) in zip(runs, loaded):
+    dataset = loaded[0][1]
+    for run, (_, other, _) in zip(runs, loaded):
         if other.path.resolve() != dataset.path.resolve():
             raise UserError(f"{run}: trained on {other.path}, not {dataset.path}; compare runs of one dataset")
     user = dataset.user_index(raw_user)
     split = dataset.split_of(user)
     if split == "train" or user not in dataset.eval_users(split):
         raise UserError(f"user {raw_user!r} is a {split} user without held-out items; pick a valid or test user")
-    batch = next(dataset.eval_batches(split, 1, max_len, users=np.array([user])))
+
+    def user_batch(max_len: int) -> Batch:
+        return next(dataset.eval_batches(split, 1, max_len, users=np.array([user])))
+
+    batch = user_batch(loaded[0][2].max_len)  # the history shown: the first run's last max_len items
     items, categories = dataset.raw_ids("item"), dataset.raw_ids("category")
 
     def named(item: int) -> str:
@@ -277,9 +316,9 @@ def case_study(runs: list[Path], raw_user: str, top: int = 20) -> str:
              f"History (last {len(history)} items, oldest first): " + ", ".join(named(i) for i in history), "",
              f"Targets ({len(targets)}): " + ", ".join(named(i) for i in targets), ""]
     columns = []
-    for run, (config, _, model, _) in zip(runs, loaded):
+    for run, (config, _, model) in zip(runs, loaded):
         with torch.no_grad():
-            ranked = model.rank(batch.to(model.device), top)[0][0].tolist()
+            ranked = model.rank(user_batch(model.max_len).to(model.device), top)[0][0].tolist()
         hits = sum(item in set(targets) for item in ranked)
         columns.append((f"{config.model_name} ({Path(run).name}): {hits} hits",
                         [("✓ " if item in set(targets) else "") + named(item) for item in ranked]))

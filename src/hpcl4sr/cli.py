@@ -61,11 +61,10 @@ def show_config(
     set_: Annotated[list[str], typer.Option("--set", help="Override SECTION.KEY=VALUE; repeatable.")] = [],
 ) -> None:
     """Print every key of a run config with its value and description, as YAML `--config` reads back."""
-    from hpcl4sr.config import describe, load_yaml, parse_assignments
-    from hpcl4sr.run import config_for_run
+    from hpcl4sr.config import describe
+    from hpcl4sr.run import command_line_layers, config_for_run
 
-    layers = [load_yaml(path) for path in config or []]
-    typer.echo(describe(config_for_run(model, [*layers, parse_assignments(set_)])), nl=False)
+    typer.echo(describe(config_for_run(model, command_line_layers(config or [], None, set_))), nl=False)
 
 
 @app.command()
@@ -163,15 +162,12 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model; writes checkpoints, metrics.jsonl and test_metrics.json into the run directory."""
-    from hpcl4sr.config import load_yaml, parse_assignments
     from hpcl4sr.distributed import launched_rank
-    from hpcl4sr.run import config_for_run, read_run_config
+    from hpcl4sr.models import requested_model
+    from hpcl4sr.run import command_line_layers, config_for_run, read_run_config
     from hpcl4sr.train import train as run_training
 
-    layers = [load_yaml(path) for path in config or []]
-    if data is not None:
-        layers.append({"data": {"path": str(data.resolve())}})
-    layers.append(parse_assignments(set_))
+    layers = command_line_layers(config or [], data, set_)
     if resume is not None:
         beside = next((name for name, value in (("--model", model), ("--out", out)) if value is not None), None)
         if beside is not None:
@@ -179,7 +175,7 @@ def train(
                             "directory (change only train settings such as --set train.max_iters=N)")
         run_config, run_dir = read_run_config(resume, layers), resume
     else:
-        model_name = model or next((layer["model_name"] for layer in layers if "model_name" in layer), None)
+        model_name = requested_model(model, layers)
         if model_name is None or out is None:
             raise UserError("train needs --model NAME and --out RUN (or --resume RUN)")
         run_config, run_dir = config_for_run(model_name, layers), out
@@ -211,8 +207,8 @@ def evaluate(
     from hpcl4sr.evaluate import evaluate_model
     from hpcl4sr.run import load_run
 
-    config, dataset, model, max_len = load_run(run, checkpoint, data=data)
-    metrics = evaluate_model(model, dataset, split, max_len, config.train.eval_batch_size,
+    config, dataset, model = load_run(run, checkpoint, data=data)
+    metrics = evaluate_model(model, dataset, split, config.train.eval_batch_size,
                              filter_history=filter_history, progress=True)
     typer.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
 
@@ -264,8 +260,8 @@ def export(
     from hpcl4sr.serve.export import export_run
 
     check_new_output(out, "--out")
-    config, dataset, model, max_len = load_run(run, data=data)
-    manifest = export_run(model, config, ServingData.from_dataset(dataset, max_len), out)
+    config, dataset, model = load_run(run, data=data)
+    manifest = export_run(model, config, ServingData.from_dataset(dataset, model.max_len), out)
     vectors = f"{manifest['users']} users x {manifest['interests']} interests, " if "users" in manifest else ""
     typer.echo(f"wrote {out}: {vectors}{manifest['items']} items")
 
@@ -307,18 +303,16 @@ def analyze_similarity(
 
     Prints one JSON line per run with the mean similarity and its 10th, 50th and 90th percentiles.
     """
-    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram, similarity_summary
+    from hpcl4sr.analysis import distinct_names, interest_similarities, plot_similarity_histogram, similarity_summary
     from hpcl4sr.run import load_run
 
     _check_figure_name(out)
     _at_least_one(users, "--users")
     series = {}
-    names = [path.name for path in run]
-    for path in run:
-        config, dataset, model, max_len = load_run(path)
-        values = interest_similarities(model, dataset, max_len, users, seed)
-        # runs of one grid share their last folder name (s1, s2, ...): then the whole path tells them apart
-        series[f"{config.model_name} ({path.name if names.count(path.name) == 1 else path})"] = values
+    for path, name in zip(run, distinct_names(run)):
+        config, dataset, model = load_run(path)
+        values = interest_similarities(model, dataset, users, seed)
+        series[f"{config.model_name} ({name})"] = values
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, **similarity_summary(values)}))
     plot_similarity_histogram(series, out, dataset.path.name)
     typer.echo(f"wrote {out}")
@@ -339,8 +333,8 @@ def analyze_repeats(
 
     _at_least_one(n, "-n")
     for path in run:
-        config, dataset, model, max_len = load_run(path)
-        figures = repeat_breakdown(model, dataset, split, max_len, n, config.train.eval_batch_size, progress=True)
+        config, dataset, model = load_run(path)
+        figures = repeat_breakdown(model, dataset, split, n, config.train.eval_batch_size, progress=True)
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, "n": n, **{
             key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()}}))
 
@@ -394,7 +388,8 @@ def experiment_run(
 ) -> None:
     """Run every cell of an experiment grid; finished cells are skipped, an interrupted one resumed."""
     from hpcl4sr.config import parse_assignments
-    from hpcl4sr.experiment import load_experiment, parse_raw_option, run_experiment, run_with_runners
+    from hpcl4sr.experiment import run_experiment, run_with_runners
+    from hpcl4sr.experiment_file import load_experiment, parse_raw_option
 
     experiment = load_experiment(file).with_raw(parse_raw_option(raw))
     if seeds:

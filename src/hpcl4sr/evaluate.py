@@ -30,7 +30,6 @@ def user_metrics(
     model: SequentialRecommender,
     dataset: SequenceDataset,
     split: str,
-    max_len: int,
     batch_size: int = 1024,
     cutoffs: Sequence[int] = CUTOFFS,
     filter_history: bool = False,
@@ -50,7 +49,7 @@ def user_metrics(
     starts = range(group.rank * batch_size, len(users), group.world * batch_size)
     mine = np.concatenate([users[start : start + batch_size] for start in starts] or [users[:0]])
     values: dict[str, list[torch.Tensor]] = {}
-    batches = dataset.eval_batches(split, batch_size, max_len, users=mine)
+    batches = dataset.eval_batches(split, batch_size, model.max_len, users=mine)
     for batch in tqdm(batches, total=len(starts), desc=f"eval {split}", disable=not progress, leave=False):
         batch = batch.to(device)
         exclude = batch.history if filter_history else None
@@ -65,7 +64,6 @@ def evaluate_model(
     model: SequentialRecommender,
     dataset: SequenceDataset,
     split: str,
-    max_len: int,
     batch_size: int = 1024,
     cutoffs: Sequence[int] = CUTOFFS,
     filter_history: bool = False,
@@ -76,7 +74,7 @@ def evaluate_model(
     Called on every rank under torchrun; every rank gets the same (whole-split) result.
     """
     group = current_group()
-    mine = user_metrics(model, dataset, split, max_len, batch_size, cutoffs, filter_history,
+    mine = user_metrics(model, dataset, split, batch_size, cutoffs, filter_history,
                         progress=progress and group.is_main, group=group)
     shards = group.gather(mine)
     count = sum(len(next(iter(shard.values()), ())) for shard in shards)

@@ -1,27 +1,14 @@
-"""Experiment grids: (model or config) x dataset x seed x overrides, run cell by cell, resumable.
+"""Running an experiment grid (read by `experiment_file`) cell by cell, resumable, and recording its results.
 
-An experiment file (see experiments/*.yaml) names:
-
-    datasets:  name -> {path: PREPARED_DIR} or {source: READER, raw: [FILE, ...], options: {...}}
-                       or {source: READER, fetch: tafeng, options: {...}} (downloaded by `data fetch`)
-    models:    row name -> {model: NAME, config: FILE or [FILE, ...], set: {section.key: value}}
-    seeds:     [1, 2, 3]
-    set:       {section.key: value}           applied to every cell (e.g. the iteration budget)
-    sweep:     {section.key: [v1, v2, ...]}   optional: each key varied alone, the others at default
-    ours:      row name or [row, ...]         optional: our rows, each compared with the best row not in ours
-    paper:     dataset -> row -> metric -> % optional: the paper's figures, printed beside ours
-    similarity: {users: 128}                  optional: draw the paper's Figure 1 for these rows
-
-Paths are relative to the experiment file. A dataset's raw files can be given on the command line
-instead (`experiment run --raw NAME=PATH[,PATH]`, see `Experiment.with_raw`), which is how a dataset that
-cannot be downloaded is found; a missing one stops with a message naming the files and that option. A
-`fetch:` dataset without raw files is downloaded into OUT/raw/NAME on first use.
+A missing raw file of a dataset stops with a message naming the files and the `--raw` option; a `fetch:`
+dataset without raw files is downloaded into OUT/raw/NAME on first use.
 
 `run_experiment` prepares each dataset once into OUT/data/NAME, then trains the cells one after another
 into OUT/runs/DATASET/ROW[/KEY=VALUE]/sS: a cell whose test_metrics.json exists is skipped, one with a
 last.pt is resumed (so a run killed halfway continues where it stopped), and each finished cell gets one
-line in OUT/results.jsonl plus its per-user test metrics (OUT/runs/.../test_users.npz, for the
-significance tests of the report).
+line in OUT/results.jsonl plus what the report reads of it: its per-user test metrics
+(OUT/runs/.../test_users.npz, for the significance tests) and, when the file asks for Figure 1, its
+interest similarity sample (interest_similarity.npz).
 
 Cells are keyed by their resolved config (less the settings that change only speed): a run directory or
 a results line written for another config than the file now asks for (an edited row) is never taken for
@@ -41,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,194 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from hpcl4sr.atomic import atomic_output, check_writable_parent, exclusive_lock, write_text
-from hpcl4sr.config import SPEED_ONLY, RunConfig, load_yaml
+from hpcl4sr.config import SPEED_ONLY, RunConfig
 from hpcl4sr.errors import UserError
+from hpcl4sr.experiment_file import Cell, DatasetSpec, Experiment
+from hpcl4sr.models.base import model_class
 from hpcl4sr.run import config_for_run, read_meta, read_run_config
-
-FETCHABLE = ("tafeng",)  # datasets `hpcl4sr data fetch` can download
-EXPERIMENT_KEYS = {"datasets", "models", "seeds", "set", "sweep", "ours", "paper", "similarity"}
-ROW_KEYS = {"model", "config", "set"}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    path: Path | None = None  # an already prepared directory
-    source: str = ""
-    raw: tuple[Path, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)  # PrepareOptions fields and reader options
-    fetch: str = ""  # a dataset `hpcl4sr data fetch` downloads (tafeng), used when `raw` is empty
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One training run of the grid."""
-
-    dataset: str
-    row: str
-    model: str
-    layers: tuple[dict[str, Any], ...]  # config layers, first to last, without data path and seed
-    seed: int
-    variant: tuple[str, Any] | None = None  # the swept (section.key, value), if any
-
-    @property
-    def id(self) -> str:
-        variant = f"/{self.variant[0]}={self.variant[1]}" if self.variant else ""
-        return f"{self.dataset}/{self.row}{variant}/s{self.seed}"
-
-
-@dataclass(frozen=True)
-class Experiment:
-    path: Path
-    datasets: dict[str, DatasetSpec]
-    rows: dict[str, tuple[str, tuple[dict[str, Any], ...]]]  # row -> (model name, config layers)
-    seeds: tuple[int, ...]
-    common: dict[str, Any]
-    sweep: dict[str, list[Any]]
-    ours: tuple[str, ...]
-    paper: dict[str, Any]
-    similarity: dict[str, Any] | None
-
-    def summary(self) -> dict[str, Any]:
-        """What `experiment report` needs of the file, saved beside the results as experiment.json."""
-        return {"file": str(self.path), "datasets": list(self.datasets), "rows": list(self.rows),
-                "seeds": list(self.seeds), "sweep": self.sweep, "ours": list(self.ours), "paper": self.paper,
-                "similarity": self.similarity}
-
-    def with_seeds(self, seeds: list[int]) -> Experiment:
-        """The same grid restricted to some of its seeds (a smaller first pass on a small machine)."""
-        unknown = sorted(set(seeds) - set(self.seeds))
-        if unknown:
-            raise UserError(f"{self.path}: seed {unknown[0]} is not one of the file's seeds "
-                            f"({', '.join(map(str, self.seeds))})")
-        return replace(self, seeds=tuple(seed for seed in self.seeds if seed in seeds))
-
-    def with_raw(self, files: dict[str, list[Path]]) -> Experiment:
-        """The same grid reading these datasets' raw files from the given paths (the CLI's --raw)."""
-        datasets = dict(self.datasets)
-        for name, paths in files.items():
-            if name not in datasets or datasets[name].path is not None:
-                raw_names = [key for key, spec in datasets.items() if spec.path is None]
-                raise UserError(f"--raw {name}=...: {self.path} has no dataset {name!r} prepared from raw files "
-                                f"(those are: {', '.join(raw_names) or 'none'})")
-            datasets[name] = replace(datasets[name], raw=tuple(Path(p).resolve() for p in paths))
-        return replace(self, datasets=datasets)
-
-    def cells(self) -> list[Cell]:
-        """Every cell, dataset-major then row, variant and seed, the order they run in."""
-        variants: list[tuple[str, Any] | None] = [
-            (key, value) for key, values in self.sweep.items() for value in values] or [None]
-        cells = []
-        for dataset in self.datasets:
-            for row, (model, layers) in self.rows.items():
-                for variant in variants:
-                    sweep_layer = (nested({variant[0]: variant[1]}, self.path, "sweep"),) if variant else ()
-                    for seed in self.seeds:
-                        cells.append(Cell(dataset, row, model, (*layers, self.common, *sweep_layer), seed, variant))
-        return cells
-
-
-def nested(dotted: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
-    """{"train.max_iters": 10} -> {"train": {"max_iters": 10}}; keys are checked later by the config."""
-    layer: dict[str, Any] = {}
-    for key, value in dotted.items():
-        section, dot, name = str(key).partition(".")
-        if not dot or not name:
-            raise UserError(f"{path}: {where}: key {key!r} should read SECTION.KEY, e.g. train.max_iters")
-        layer.setdefault(section, {})[name] = value
-    return layer
-
-
-def _mapping(value: Any, path: Path, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: {where}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _file_names(value: Any, path: Path, where: str, many: bool = True) -> list[str]:
-    """A file name, or a list of them when `many`, as strings; anything else names the entry."""
-    names = value if many and isinstance(value, list) else [value]
-    if not names or not all(isinstance(name, str) and name for name in names):
-        expected = "a file name or a list of them" if many else "a directory name"
-        raise UserError(f"{path}: {where}: expected {expected}, got {value!r}")
-    return names
-
-
-def load_experiment(path: Path) -> Experiment:
-    """Read and check an experiment file; every error names the file and the offending entry."""
-    path = Path(path)
-    spec = load_yaml(path)
-    unknown = sorted(set(spec) - EXPERIMENT_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(EXPERIMENT_KEYS))})")
-    base = path.parent
-
-    datasets = {}
-    for name, entry in _mapping(spec.get("datasets"), path, "datasets").items():
-        entry = _mapping(entry, path, f"datasets.{name}")
-        if "path" in entry:
-            (prepared,) = _file_names(entry["path"], path, f"datasets.{name}.path", many=False)
-            datasets[name] = DatasetSpec(name, path=(base / prepared).resolve())
-        elif "source" in entry and ("raw" in entry or "fetch" in entry):
-            raw = _file_names(entry["raw"], path, f"datasets.{name}.raw") if "raw" in entry else []
-            fetch = entry.get("fetch", "")
-            if fetch not in ("", *FETCHABLE):
-                raise UserError(f"{path}: datasets.{name}.fetch: expected {' or '.join(FETCHABLE)}, got {fetch!r}")
-            datasets[name] = DatasetSpec(name, source=entry["source"], raw=tuple((base / f).resolve() for f in raw),
-                                         options=_mapping(entry.get("options"), path, f"datasets.{name}.options"),
-                                         fetch=fetch)
-        else:
-            raise UserError(f"{path}: datasets.{name}: expected `path: PREPARED_DIR`, or `source:` with `raw:` "
-                            "or `fetch:`")
-    if not datasets:
-        raise UserError(f"{path}: no datasets")
-
-    rows = {}
-    for name, entry in _mapping(spec.get("models"), path, "models").items():
-        entry = _mapping(entry, path, f"models.{name}")
-        unknown = sorted(set(entry) - ROW_KEYS)
-        if unknown or "model" not in entry:
-            raise UserError(f"{path}: models.{name}: expected keys model, config, set (got {sorted(entry)})")
-        configs = _file_names(entry["config"], path, f"models.{name}.config") if "config" in entry else []
-        layers = [load_yaml(base / file) for file in configs]
-        layers.append(nested(_mapping(entry.get("set"), path, f"models.{name}.set"), path, f"models.{name}.set"))
-        rows[name] = (str(entry["model"]), tuple(layers))
-    if not rows:
-        raise UserError(f"{path}: no models")
-
-    seeds = spec.get("seeds", [2024])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise UserError(f"{path}: seeds: expected a list of integers, got {seeds!r}")
-    sweep = _mapping(spec.get("sweep"), path, "sweep")
-    for key, values in sweep.items():
-        if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: sweep.{key}: expected a non-empty list of values")
-    ours = spec.get("ours", [])
-    ours = [ours] if isinstance(ours, str) else ours
-    if not isinstance(ours, list) or any(row not in rows for row in ours):
-        raise UserError(f"{path}: ours: expected a model row or a list of them ({', '.join(rows)}), "
-                        f"got {spec['ours']!r}")
-    similarity = spec.get("similarity")
-    return Experiment(
-        path=path, datasets=datasets, rows=rows, seeds=tuple(seeds),
-        common=nested(_mapping(spec.get("set"), path, "set"), path, "set"),
-        sweep=sweep, ours=tuple(ours), paper=_mapping(spec.get("paper"), path, "paper"),
-        similarity=None if similarity is None else _mapping(similarity, path, "similarity"),
-    )
-
-
-def parse_raw_option(values: list[str]) -> dict[str, list[Path]]:
-    """`["amazon-beauty=a.txt,b.tsv"]` (the CLI's --raw) -> {"amazon-beauty": [a.txt, b.tsv]}."""
-    files = {}
-    for value in values:
-        name, sep, paths = value.partition("=")
-        if not sep or not name or not all(paths.split(",")):
-            raise UserError(f"--raw {value!r}: expected NAME=PATH[,PATH], "
-                            "e.g. amazon-beauty=Beauty.txt,item_categories.tsv")
-        files[name] = [Path(p) for p in paths.split(",")]
-    return files
 
 
 def dataset_path(spec: DatasetSpec, out: Path) -> Path:
@@ -355,19 +158,26 @@ def read_results(out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def _record_test_users(run: Path) -> None:
-    """Per-user test metrics of best.pt, for paired significance tests; written once per cell."""
+def _record_test_outputs(run: Path, similarity_users: int | None) -> None:
+    """What the report reads of a finished cell, computed once from best.pt: the per-user test metrics
+    (test_users.npz, for paired significance tests) and, for `similarity_users` (None: the experiment draws
+    no Figure 1), the interest similarity sample (interest_similarity.npz)."""
+    from hpcl4sr.analysis import record_interest_similarities, recorded_interest_similarities
     from hpcl4sr.evaluate import user_metrics
     from hpcl4sr.run import load_run
 
     target = run / "test_users.npz"
-    if target.is_file():
+    similarity = similarity_users is not None and recorded_interest_similarities(run, similarity_users) is None
+    if target.is_file() and not similarity:
         return
-    config, dataset, model, max_len = load_run(run, "best.pt")
-    users = dataset.eval_users("test")
-    values = user_metrics(model, dataset, "test", max_len, config.train.eval_batch_size, users=users)
-    with atomic_output(target) as temporary, temporary.open("wb") as file:
-        np.savez(file, users=users, **values)
+    config, dataset, model = load_run(run, "best.pt")
+    if not target.is_file():
+        users = dataset.eval_users("test")
+        values = user_metrics(model, dataset, "test", config.train.eval_batch_size, users=users)
+        with atomic_output(target) as temporary, temporary.open("wb") as file:
+            np.savez(file, users=users, **values)
+    if similarity:
+        record_interest_similarities(run, model, dataset, similarity_users)
 
 
 def _record_result(out: Path, cell: Cell, run: Path, key: str) -> None:
@@ -444,7 +254,8 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
                 if run.is_dir() and not (run / "last.pt").is_file():
                     shutil.rmtree(run)  # a runner killed before the cell's first checkpoint: start it afresh
                 train(configs[index], run, resume=(run / "last.pt").is_file(), progress=False)
-            _record_test_users(run)
+            # a fitted model has no interest vectors to compare
+            _record_test_outputs(run, None if model_class(cell.model).fitted else experiment.similarity_users)
             _record_result(out, cell, run, keys[index])
     bar.close()
     if elsewhere:

@@ -6,7 +6,7 @@ percent, best bold, second underlined, and the relative improvement of each of `
 baseline, i.e. the best row not in `ours`), the paper's own figures where the experiment file gives them,
 a paired significance test between each of `ours` and that baseline, the sweep figures (Figures 4 and 5:
 NDCG@50 against each swept value)
-and the interest-similarity histogram (Figure 1).
+and the interest-similarity histogram (Figure 1) from the samples the cells recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hpcl4sr.analysis import plot_valid_curves
 from hpcl4sr.atomic import atomic_output, write_text
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment import read_results
+from hpcl4sr.experiment_file import SIMILARITY_USERS
 
 TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50")
 TESTED_METRICS = ("recall@50", "hr@50")
@@ -257,21 +258,35 @@ def write_report(out: Path) -> Path:
     return report
 
 
-def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, str, str | None], list[dict]]
-                       ) -> list[str]:
-    """Figure 1 per dataset: the first seed's run of every row; mean similarity per row."""
-    from hpcl4sr.analysis import interest_similarities, plot_similarity_histogram
+def _similarities(run: Path, users: int) -> np.ndarray:
+    """The interest similarity sample the run recorded when its cell finished. A cell finished before cells
+    recorded it (or recorded for another number of users) is computed once here, from its best.pt, and
+    recorded, so later reports read it too."""
+    from hpcl4sr.analysis import record_interest_similarities, recorded_interest_similarities
     from hpcl4sr.run import load_run
 
-    users = int(spec["similarity"].get("users", 128))
+    values = recorded_interest_similarities(run, users)
+    if values is None:
+        _, dataset, model = load_run(run, "best.pt")
+        values = record_interest_similarities(run, model, dataset, users)
+    return values
+
+
+def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, str, str | None], list[dict]]
+                       ) -> list[str]:
+    """Figure 1 per dataset: the first seed's run of every row but the fitted ones (which have no interest
+    vectors), from what the runs recorded; mean similarity per row."""
+    from hpcl4sr.analysis import plot_similarity_histogram
+    from hpcl4sr.models.base import model_class
+
+    users = spec["similarity"].get("users", SIMILARITY_USERS)
     lines: list[str] = []
     for dataset in spec["datasets"]:
         series = {}
         for row in spec["rows"]:
-            if (dataset, row, None) not in groups:
-                continue
-            config, data, model, max_len = load_run(out / groups[(dataset, row, None)][0]["run"])
-            series[row] = interest_similarities(model, data, max_len, users)
+            runs = groups.get((dataset, row, None))
+            if runs and not model_class(runs[0]["model"]).fitted:
+                series[row] = _similarities(out / runs[0]["run"], users)
         if not series:
             continue
         figure = out / "figures" / f"similarity_{dataset}.png"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hpcl4sr.catalogue import Catalogue
-from hpcl4sr.config import RunConfig, build_config, load_yaml
+from hpcl4sr.config import RunConfig, build_config, load_yaml, parse_assignments
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender, model_class
@@ -80,6 +80,14 @@ def fit_weights(model: SequentialRecommender, checkpoint: dict[str, Any], path: 
 def config_for_run(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
     cls = model_class(model_name)
     return build_config(model_name, cls.config_class(), layers)
+
+
+def command_line_layers(files: list[Path], data: Path | None, assignments: list[str]) -> list[dict[str, Any]]:
+    """The config layers of a command line, first to last: each --config file, --data DIR, the --set pairs."""
+    layers = [load_yaml(path) for path in files]
+    if data is not None:
+        layers.append({"data": {"path": str(Path(data).resolve())}})
+    return [*layers, parse_assignments(assignments)]
 
 
 # config.yaml's data.path is written relative to the run directory when it can be (so that moving a run and
@@ -154,15 +162,16 @@ def build_model(config: RunConfig, data: SequenceDataset | Catalogue, max_len: i
 
 
 def load_run(run: Path, checkpoint: str = "best.pt", device: str | None = None, data: Path | None = None
-             ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender, int]:
-    """A trained run ready for inference: its config, dataset, model (eval mode) and max_len.
+             ) -> tuple[RunConfig, SequenceDataset, SequentialRecommender]:
+    """A trained run ready for inference: its config, dataset and model (eval mode).
 
-    `device` None: CUDA when available unless the run was trained with train.device cpu. `data` overrides
-    the recorded dataset directory. The model also carries its max_len (`model.max_len`).
+    The model carries the history length it was built for (`model.max_len`), which every inference path
+    reads. `device` None: CUDA when available unless the run was trained with train.device cpu. `data`
+    overrides the recorded dataset directory.
     """
     config = with_data(read_run_config(run), data)
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len)
     load_weights(model, Path(run) / checkpoint)
     device = device or ("cpu" if config.train.device == "cpu" else "auto")
-    return config, dataset, model.to(resolve_device(device)).eval(), max_len
+    return config, dataset, model.to(resolve_device(device)).eval()

@@ -334,7 +334,7 @@ def _train_loop(config: RunConfig, out: Path, checkpoint: dict[str, Any] | None,
                     bar.set_postfix(loss=f"{record['total']:.4f}", best=best)
             if validate_now:
                 # Every rank gets the same metrics, so every rank takes the same stopping decision.
-                metrics = evaluate_model(model, dataset, "valid", max_len, settings.eval_batch_size)
+                metrics = evaluate_model(model, dataset, "valid", settings.eval_batch_size)
                 state["seconds"] = trained_before + time.perf_counter() - started
                 if log is not None:
                     log.write({"step": step, "split": "valid", "seconds": round(state["seconds"], 1), **metrics})
@@ -377,7 +377,7 @@ def _fit(config: RunConfig, out: Path, resume: bool, group: distributed.ProcessG
     scores: list[float] = []
 
     def select(setting: dict[str, Any]) -> float:
-        metrics = evaluate_model(model, dataset, "valid", max_len, config.train.eval_batch_size)
+        metrics = evaluate_model(model, dataset, "valid", config.train.eval_batch_size)
         scores.append(metrics[EARLY_STOP_METRIC])
         log.write({"step": 0, "split": "valid", "seconds": round(time.perf_counter() - started, 1),
                    "candidate": len(scores), **{f"model.{key}": value for key, value in setting.items()}, **metrics})
@@ -400,8 +400,8 @@ def _fit(config: RunConfig, out: Path, resume: bool, group: distributed.ProcessG
 def write_test_metrics(out: Path, device: torch.device,
                        group: distributed.ProcessGroup = distributed.SINGLE_PROCESS) -> dict[str, float]:
     """Evaluate best.pt on the test split (sharded over the ranks) and write RUN/test_metrics.json."""
-    config, dataset, model, max_len = load_run(out, "best.pt", str(device))
-    metrics = evaluate_model(model, dataset, "test", max_len, config.train.eval_batch_size)
+    config, dataset, model = load_run(out, "best.pt", str(device))
+    metrics = evaluate_model(model, dataset, "test", config.train.eval_batch_size)
     if group.is_main:
         checkpoint = load_checkpoint(out / "best.pt")
         best = checkpoint["state"]

@@ -36,8 +36,8 @@ def main() -> None:
     trainer.train(config, run, resume=resume, progress=False)
     torch.save(built[0].state_dict(), run.parent / f"rank{group.rank}.pt")
 
-    config, dataset, model, max_len = load_run(run, "best.pt", "cpu")
-    metrics = evaluate_model(model, dataset, "test", max_len, batch_size=16)
+    config, dataset, model = load_run(run, "best.pt", "cpu")
+    metrics = evaluate_model(model, dataset, "test", batch_size=16)
     if group.is_main:
         (run.parent / "sharded_metrics.json").write_text(json.dumps(metrics))
     distributed.leave()

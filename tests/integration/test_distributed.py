@@ -75,11 +75,11 @@ def test_rank_zero_alone_writes_the_run(ddp_run: Path) -> None:
 
 def test_sharded_evaluation_equals_single_process(ddp_run: Path) -> None:
     sharded = json.loads((ddp_run.parent / "sharded_metrics.json").read_text())
-    config, dataset, model, max_len = load_run(ddp_run, "best.pt", "cpu")
+    config, dataset, model = load_run(ddp_run, "best.pt", "cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as torchrun's ranks run: the same kernels give the same per-user values
     try:
-        single = evaluate_model(model, dataset, "test", max_len, batch_size=16)
+        single = evaluate_model(model, dataset, "test", batch_size=16)
     finally:
         torch.set_num_threads(threads)
     assert sharded == single

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-from hpcl4sr.analysis import case_study
+from hpcl4sr.analysis import case_study, interest_similarities
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
-from hpcl4sr.experiment import load_experiment, read_results, run_experiment
+from hpcl4sr.experiment import read_results, run_experiment
+from hpcl4sr.experiment_file import load_experiment
 from hpcl4sr.report import _grouped, _swept_default, metrics_table, paired_bootstrap, write_report
 
 TINY = {"train.max_iters": 30, "train.eval_every": 15, "train.log_every": 15, "train.batch_size": 32,
@@ -152,6 +153,40 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
                                         datasets={"synthetic": {"path": None}}))
     with pytest.raises(UserError, match=r"models.a.config: expected a file name or a list of them, got \[3\]"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec", "config": [3]}}))
+    with pytest.raises(UserError, match=r"similarity: expected \{users: N\} with N a positive integer"):
+        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
+                                        similarity={"users": 0}))
+
+
+def test_cells_record_the_similarity_sample_that_the_report_draws(synthetic_dir, tmp_path, monkeypatch):
+    import hpcl4sr.run
+
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}, "pop": {"model": "pop"}},
+                           seeds=[1], similarity={"users": 20})
+    out = tmp_path / "out"
+    results = run_experiment(load_experiment(file), out, progress=False)
+    sa = out / results[0]["run"]
+    with np.load(sa / "interest_similarity.npz") as saved:
+        recorded = saved["similarities"]
+    _, dataset, model = hpcl4sr.run.load_run(sa)
+    assert recorded.shape == (20, 6)  # 20 users x the 4 * 3 / 2 pairs of comirec-sa's default K = 4
+    assert np.array_equal(recorded, interest_similarities(model, dataset, 20, seed=0))
+    assert not (out / results[1]["run"] / "interest_similarity.npz").exists()  # pop has no interest vectors
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report loaded a model")
+
+    monkeypatch.setattr(hpcl4sr.run, "load_run", no_model)
+    report = write_report(out).read_text()
+    assert "## Interest similarity on synthetic" in report and f"| sa | {recorded.mean():.3f} |" in report
+    assert "| pop |" not in report.split("## Interest similarity")[1]
+    assert (out / "figures" / "similarity_synthetic.png").stat().st_size > 0
+
+    monkeypatch.undo()  # a cell finished before cells recorded the sample: the report records it, once
+    (sa / "interest_similarity.npz").unlink()
+    assert write_report(out).read_text() == report
+    with np.load(sa / "interest_similarity.npz") as saved:
+        assert np.array_equal(saved["similarities"], recorded)
 
 
 def test_case_study_lists_history_targets_and_each_top_list(synthetic_dir, tmp_path):
@@ -243,7 +278,8 @@ def test_a_dataset_that_cannot_be_fetched_names_its_files_and_the_option(tmp_pat
 
 def test_a_fetch_dataset_is_downloaded_into_the_output_once(synthetic_csv, tmp_path, monkeypatch):
     from hpcl4sr.data import fetch
-    from hpcl4sr.experiment import DatasetSpec, prepared_dataset
+    from hpcl4sr.experiment import prepared_dataset
+    from hpcl4sr.experiment_file import DatasetSpec
 
     calls = []
     monkeypatch.setattr(fetch, "fetch_tafeng", lambda into: calls.append(into) or synthetic_csv)

@@ -13,7 +13,8 @@ import yaml
 
 from hpcl4sr import train as train_module
 from hpcl4sr.data.dataset import SequenceDataset
-from hpcl4sr.experiment import load_experiment, run_experiment
+from hpcl4sr.experiment import run_experiment
+from hpcl4sr.experiment_file import load_experiment
 from hpcl4sr.report import write_report
 from hpcl4sr.run import config_for_run, load_run
 from hpcl4sr.train import train
@@ -46,7 +47,7 @@ def test_the_run_directory_records_every_candidate_and_the_choice(knn_run):
     checkpoint = torch.load(knn_run / "best.pt", weights_only=True)
     assert set(checkpoint) >= {"model", "state", "config", "version"}
     assert checkpoint["model"]["neighbour_ids"].shape[1] == chosen["neighbours"]
-    _, _, model, _ = load_run(knn_run)
+    _, _, model = load_run(knn_run)
     assert torch.equal(model.neighbour_sims, checkpoint["model"]["neighbour_sims"])
 
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from hpcl4sr.errors import UserError
-from hpcl4sr.experiment import load_experiment, read_results, run_experiment
+from hpcl4sr.experiment import read_results, run_experiment
+from hpcl4sr.experiment_file import load_experiment
 
 TINY = {"train.max_iters": 10, "train.eval_every": 10, "train.batch_size": 32, "train.device": "cpu",
         "train.threads": 1}

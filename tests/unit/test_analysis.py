@@ -1,9 +1,11 @@
 """The repeat / new breakdown against a brute-force count over the full score matrix."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from hpcl4sr.analysis import repeat_breakdown
+from hpcl4sr.analysis import distinct_names, repeat_breakdown
 from hpcl4sr.run import build_model, config_for_run, open_dataset
 
 
@@ -12,7 +14,7 @@ def test_repeat_breakdown_matches_brute_force(synthetic_dir):
     config = config_for_run("comirec-sa", [{"data": {"path": str(synthetic_dir)}}])
     dataset, max_len = open_dataset(config)
     model = build_model(config, dataset, max_len).eval()
-    figures = repeat_breakdown(model, dataset, "test", max_len, n=20, batch_size=64)
+    figures = repeat_breakdown(model, dataset, "test", n=20, batch_size=64)
 
     counts = np.zeros(6, dtype=np.int64)  # repeat targets, repeat hits, new targets, new hits, history slots, slots
     with torch.no_grad():
@@ -30,3 +32,8 @@ def test_repeat_breakdown_matches_brute_force(synthetic_dir):
     assert figures["repeat_hit_rate"] == counts[1] / counts[0]
     assert figures["new_hit_rate"] == counts[3] / counts[2]
     assert figures["history_share"] == counts[4] / counts[5]
+
+
+def test_runs_sharing_a_folder_name_are_told_apart_by_their_path():
+    runs = [Path("grid/hpcl4sr/s1"), Path("grid/remi/s1"), Path("runs/mine")]
+    assert distinct_names(runs) == ["grid/hpcl4sr/s1", "grid/remi/s1", "mine"]

@@ -6,8 +6,8 @@ import yaml
 
 from hpcl4sr.config import describe, field_docs, load_yaml, parse_assignments
 from hpcl4sr.errors import UserError
-from hpcl4sr.models import MODELS
-from hpcl4sr.run import config_for_run
+from hpcl4sr.models import MODELS, requested_model
+from hpcl4sr.run import command_line_layers, config_for_run
 
 
 def test_layers_override_in_order_and_parse_values():
@@ -17,6 +17,18 @@ def test_layers_override_in_order_and_parse_values():
     assert config.train.max_iters == 10
     assert config.model.dim == 32
     assert config.train.batch_size == 128  # untouched defaults stay the paper's
+
+
+def test_command_line_layers_apply_files_then_data_then_set(tmp_path: Path):
+    file = tmp_path / "run.yaml"
+    file.write_text("model_name: hpcl4sr\ndata: {path: elsewhere}\ntrain: {lr: 0.01, max_iters: 10}\n")
+    layers = command_line_layers([file], tmp_path / "data", ["train.lr=1e-4"])
+    config = config_for_run(requested_model(None, layers), layers)
+    assert config.model_name == "hpcl4sr"  # named by the file when --model is absent
+    assert config.data.path == str((tmp_path / "data").resolve())  # --data wins over the file
+    assert (config.train.lr, config.train.max_iters) == (pytest.approx(1e-4), 10)  # --set wins over both
+    assert requested_model("pop", layers) == "pop"  # --model wins over the file
+    assert requested_model(None, command_line_layers([], None, [])) is None
 
 
 def test_int_is_accepted_for_float():

@@ -219,7 +219,7 @@ class Recommender:
         if self.data.dataset is None:
             raise UserError("evaluate needs the prepared dataset: load the run directory, or pass data=DIR "
                             "to hpcl4sr.load for an export")
-        return evaluate_model(self.model, self.data.dataset, split, self.max_len, self.config.train.eval_batch_size,
+        return evaluate_model(self.model, self.data.dataset, split, self.config.train.eval_batch_size,
                               filter_history=filter_history)
 
 
@@ -242,8 +242,8 @@ def load(path: str | Path, data: str | Path | None = None, index: str = "exact",
             serving.dataset = SequenceDataset(data)
         model = model.to(torch.device(device))
     elif (path / "config.yaml").is_file():
-        config, dataset, model, max_len = load_run(path, checkpoint, device, data=Path(data) if data else None)
-        serving = ServingData.from_dataset(dataset, max_len)
+        config, dataset, model = load_run(path, checkpoint, device, data=Path(data) if data else None)
+        serving = ServingData.from_dataset(dataset, model.max_len)
     else:
         raise UserError(f"{path}: neither a run directory (config.yaml) nor an export (artifact.json)")
     return Recommender(model, config, serving, index)
