@@ -312,6 +312,9 @@ def analyze_similarity(
     for path, name in zip(run, distinct_names(run)):
         config, dataset, model = load_run(path)
         values = interest_similarities(model, dataset, users, seed)
+        if not values.shape[1]:
+            raise UserError(f"--run {path}: {config.model_name} has one interest vector per user here, so no pair "
+                            "of interests to compare (Figure 1 needs model.interests >= 2)")
         series[f"{config.model_name} ({name})"] = values
         typer.echo(json.dumps({"run": str(path), "model": config.model_name, **similarity_summary(values)}))
     plot_similarity_histogram(series, out, dataset.path.name)

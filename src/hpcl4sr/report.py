@@ -274,8 +274,9 @@ def _similarities(run: Path, users: int) -> np.ndarray:
 
 def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, str, str | None], list[dict]]
                        ) -> list[str]:
-    """Figure 1 per dataset: the first seed's run of every row but the fitted ones (which have no interest
-    vectors), from what the runs recorded; mean similarity per row."""
+    """Figure 1 per dataset: the first seed's run of every row with interests to compare, from what the runs
+    recorded; mean similarity per row. Fitted rows (no interest vectors) and single-interest rows (K = 1, no
+    pairs) are left out."""
     from hpcl4sr.analysis import plot_similarity_histogram
     from hpcl4sr.models.base import model_class
 
@@ -286,7 +287,9 @@ def similarity_section(out: Path, spec: dict[str, Any], groups: dict[tuple[str, 
         for row in spec["rows"]:
             runs = groups.get((dataset, row, None))
             if runs and not model_class(runs[0]["model"]).fitted:
-                series[row] = _similarities(out / runs[0]["run"], users)
+                values = _similarities(out / runs[0]["run"], users)
+                if values.shape[1]:
+                    series[row] = values
         if not series:
             continue
         figure = out / "figures" / f"similarity_{dataset}.png"

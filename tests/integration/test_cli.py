@@ -102,6 +102,11 @@ def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Pa
     assert all(line["pairs"] == 30 * 6 and -1 <= line["mean_similarity"] <= 1 for line in lines)
     assert all(-1 <= line["p10"] <= line["median"] <= line["p90"] <= 1 for line in lines)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    single = tmp_path / "single"
+    assert cli("train", "--data", synthetic_dir, "--model", "comirec-sa", "--out", single, "--no-progress", "--set",
+               "model.interests=1", "--set", "train.max_iters=10", "--set", "train.eval_every=10").returncode == 0
+    assert_one_line_error(cli("analyze", "similarity", *runs, "--run", single, "--out", tmp_path / "f.png"),
+                          "one interest vector per user")
     summary = cli("analyze", "summary", *runs)
     assert summary.returncode == 0, summary.stderr
     rows = [line for line in summary.stdout.splitlines() if line.startswith("| comirec") or line.startswith("| hpcl")]

@@ -161,8 +161,9 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
 def test_cells_record_the_similarity_sample_that_the_report_draws(synthetic_dir, tmp_path, monkeypatch):
     import hpcl4sr.run
 
-    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}, "pop": {"model": "pop"}},
-                           seeds=[1], similarity={"users": 20})
+    models = {"sa": {"model": "comirec-sa"}, "pop": {"model": "pop"},
+              "one": {"model": "comirec-sa", "set": {"model.interests": 1}}}
+    file = experiment_file(tmp_path, synthetic_dir, models=models, seeds=[1], similarity={"users": 20})
     out = tmp_path / "out"
     results = run_experiment(load_experiment(file), out, progress=False)
     sa = out / results[0]["run"]
@@ -179,7 +180,8 @@ def test_cells_record_the_similarity_sample_that_the_report_draws(synthetic_dir,
     monkeypatch.setattr(hpcl4sr.run, "load_run", no_model)
     report = write_report(out).read_text()
     assert "## Interest similarity on synthetic" in report and f"| sa | {recorded.mean():.3f} |" in report
-    assert "| pop |" not in report.split("## Interest similarity")[1]
+    figure_rows = report.split("## Interest similarity")[1]
+    assert "| pop |" not in figure_rows and "| one |" not in figure_rows  # no interests, or no pair of them
     assert (out / "figures" / "similarity_synthetic.png").stat().st_size > 0
 
     monkeypatch.undo()  # a cell finished before cells recorded the sample: the report records it, once
