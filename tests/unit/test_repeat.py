@@ -9,7 +9,7 @@ import torch
 
 from hpcl4sr.data.dataset import Batch, SequenceDataset, TrainSampler
 from hpcl4sr.models import MODELS
-from hpcl4sr.models.layers import RepeatScore, sample_negatives, sampled_softmax_loss
+from hpcl4sr.models.layers import ExactClasses, RepeatScore, sample_negatives, sampled_softmax_loss
 from hpcl4sr.run import build_model, config_for_run
 from hpcl4sr.serve.index import FaissIndex, import_faiss
 from hpcl4sr.train import make_optimizer
@@ -51,6 +51,14 @@ def test_repeat_score_matches_a_hand_computation():
     dense = found.dense_repeat(10)
     assert dense[0, 4].item() == pytest.approx(expected[0][2]) and dense[1, 8].item() == pytest.approx(expected[1][0])
     assert dense[0, 0].item() == 0 and float(dense.abs().sum()) == pytest.approx(sum(map(abs, sum(expected, []))))
+
+
+def test_exact_classes_find_the_shared_draws_that_fall_in_each_row():
+    torch.manual_seed(5)
+    items = torch.stack([torch.randperm(12)[:6] for _ in range(40)])  # distinct per row, 0 = no class
+    ids = torch.randint(1, 13, (50,))  # drawn with replacement: repeated ids
+    expected = [[int(i) in set(row.tolist()) - {0} for i in ids] for row in items]
+    assert ExactClasses(items, torch.zeros(items.shape)).contains(ids).tolist() == expected
 
 
 def test_sampled_loss_with_repeat_equals_a_hand_computation():

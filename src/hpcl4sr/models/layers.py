@@ -207,8 +207,20 @@ class ExactClasses:
     logits: torch.Tensor  # [B, L] score + r, -inf where a position is no class
 
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, N]: which of the shared ids [N] are among the row's classes."""
-        return ((ids[None, :, None] == self.items[:, None, :]) & (self.items[:, None, :] > 0)).any(-1)
+        """[B, N]: which of the shared ids [N] (all > 0) are among the row's classes.
+
+        Each class item finds its run of equal ids in the sorted ids (two binary searches), and the runs
+        are marked through a cumulative sum: B x L searches instead of comparing every id with every item
+        ([B, N, L]), which cost more than the rest of a training step. A row's items are distinct (and
+        item 0 matches no id), so the runs never overlap.
+        """
+        ordered = ids.sort()
+        start = torch.searchsorted(ordered.values, self.items)
+        end = torch.searchsorted(ordered.values, self.items, right=True)
+        edges = torch.zeros(len(self.items), len(ids) + 1, dtype=torch.long, device=ids.device)
+        edges.scatter_add_(1, start, torch.ones_like(start)).scatter_add_(1, end, -torch.ones_like(end))
+        inside = edges.cumsum(dim=1)[:, :-1] > 0  # in the sorted order of ids
+        return torch.empty_like(inside).scatter_(1, ordered.indices.expand_as(inside), inside)
 
 
 @dataclass
