@@ -192,3 +192,20 @@ def topk_rows(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     values, index = _chunk_topk(scores, min(n, scores.shape[1]))
     order = torch.sort(values, dim=1, descending=True, stable=True).indices
     return values.gather(1, order), index.gather(1, order)
+
+
+@torch.no_grad()
+def merge_ranked_lists(
+    items: torch.Tensor, scores: torch.Tensor, interest: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``n`` of per-user candidates [B, w] (w >= n) that hold each item at most once, by the tie rule above.
+
+    ``items`` (0 = an empty slot), ``scores`` (-inf at empty slots) and ``interest`` side by side, e.g. a
+    retrieved top-n list beside a user's exactly scored history items (repeat-aware ranking). Returns
+    ``(items, scores, interest)`` [B, n] as ``topk_multi_interest`` documents: slots left unfilled hold item
+    0, score -inf and interest -1.
+    """
+    order = _score_desc_item_asc(scores, items)[:, :n]
+    items, scores, interest = items.gather(1, order), scores.gather(1, order), interest.gather(1, order)
+    empty = scores == -math.inf
+    return items.masked_fill(empty, 0), scores, interest.masked_fill(empty, -1)

@@ -89,7 +89,7 @@ def test_sweep_varies_one_key_at_a_time_and_draws_it(synthetic_dir, tmp_path):
 
 
 def test_killed_experiment_resumes_without_redoing_finished_cells(synthetic_dir, tmp_path):
-    long_cells = {**TINY, "train.max_iters": 400, "train.eval_every": 20}
+    long_cells = {**TINY, "train.max_iters": 400, "train.eval_every": 20, "train.patience": 20}  # never stops early
     file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, set=long_cells)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "hpcl4sr", "experiment", "run", str(file), "--out", str(out), "--no-progress"]

@@ -17,10 +17,11 @@ from hpcl4sr.serve.artifact import ServingData
 from hpcl4sr.serve.recommender import Recommender
 
 
-def trained_recommender(name: str, data_dir: Path, steps: int = 3) -> Recommender:
-    """`name` trained `steps` Adam steps on `data_dir` (enough to move every weight off its initialisation)."""
+def trained_recommender(name: str, data_dir: Path, steps: int = 3, repeat: str = "none") -> Recommender:
+    """`name` trained `steps` Adam steps on `data_dir` (enough to move every weight off its initialisation),
+    with `model.repeat` set to `repeat` (SGD models)."""
     dataset = SequenceDataset(data_dir)
-    small = {} if model_class(name).fitted else {"model": {"dim": 16, "interests": 3}}
+    small = {} if model_class(name).fitted else {"model": {"dim": 16, "interests": 3, "repeat": repeat}}
     config = config_for_run(name, [{"data": {"path": str(data_dir)}, **small}])
     torch.manual_seed(0)
     model = build_model(config, dataset, 20)

@@ -25,10 +25,15 @@ def ranked(rec, **query) -> list[tuple[str, str, float, int | None]]:
     return [(row.item, row.category, row.score, row.interest) for row in answer.items]
 
 
+ROUND_TRIPS = [(name, "none") for name in sorted(MODELS)] + [
+    (name, "history") for name in sorted(MODELS) if not MODELS[name].fitted
+]
+
+
 @pytest.mark.filterwarnings("ignore:UMI")
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_export_round_trip_without_the_dataset(name, data_copy: Path, tmp_path: Path, trained):
-    rec = trained(name, data_copy)
+@pytest.mark.parametrize(("name", "repeat"), ROUND_TRIPS)
+def test_export_round_trip_without_the_dataset(name, repeat, data_copy: Path, tmp_path: Path, trained):
+    rec = trained(name, data_copy, repeat=repeat)
     users = rec.data.user_ids[:: max(1, len(rec.data.user_ids) // 15)]
     history = [rec.data.item_ids[i] for i in (5, 17, 3, 42)] + ["never-seen"]
     before = {user: ranked(rec, user=user) for user in users}
@@ -42,6 +47,8 @@ def test_export_round_trip_without_the_dataset(name, data_copy: Path, tmp_path: 
     loaded = hpcl4sr.load(tmp_path / "export")
 
     assert loaded.max_len == 20 and loaded.data.dataset is None
+    weights = loaded.model.state_dict()
+    assert all(torch.equal(value, weights[key]) for key, value in rec.model.state_dict().items())
     if interests is not None:
         with torch.no_grad():
             assert torch.equal(loaded.model.interests(batch), interests)

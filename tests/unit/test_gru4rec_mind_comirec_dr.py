@@ -155,7 +155,7 @@ def test_mind_loss_uses_its_readout(readout, synthetic_dir):
     torch.manual_seed(5)  # the same routing draw and the same sampled negatives
     interests, target = model.interests(batch), model.item_embedding(batch.target)
     pick = label_aware_readout(interests, target, 2.0) if readout == "label_aware" else hard_readout(interests, target)
-    expected = model.recommendation_loss(pick, batch.target)
+    expected = model.recommendation_loss(pick, batch)
     assert torch.allclose(got["rec"], expected) and torch.equal(got["total"], got["rec"])
 
 

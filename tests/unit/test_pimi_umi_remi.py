@@ -21,8 +21,9 @@ DAY = 86_400
 
 
 def make_model(name: str, path, model: dict | None = None, max_len: int = 20):
+    """`name` without repeat-aware scoring (tests/unit/test_repeat.py), so its own arithmetic is checked."""
     data = SequenceDataset(path)
-    config = config_for_run(name, [{"data": {"path": str(path)}, "model": model or {}}])
+    config = config_for_run(name, [{"data": {"path": str(path)}, "model": {"repeat": "none", **(model or {})}}])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UMI's profile-free notice; tested on its own below
         return build_model(config, data, max_len), data, config

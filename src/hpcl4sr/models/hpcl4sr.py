@@ -362,7 +362,7 @@ class HPCL4SR(SequentialRecommender):
         parts = self.parts(batch)
         serving = parts["fused"] if config.serve == "fused" else parts["low"]
         readout = hard_readout(serving, self.item_embedding(batch.target))  # eq. 18
-        losses = {"rec": self.recommendation_loss(readout, batch.target)}  # eq. 19
+        losses = {"rec": self.recommendation_loss(readout, batch)}  # eq. 19
         if config.lambda_class > 0:
             losses["class"] = self.class_loss(parts["routing_inputs"], batch)
         if config.lambda_cl > 0:

@@ -1,4 +1,4 @@
-"""Blocks shared by several models: interest extraction, readout and the softmax losses."""
+"""Blocks shared by several models: interest extraction, readout, repeat-aware scoring and the softmax losses."""
 
 from __future__ import annotations
 
@@ -49,16 +49,36 @@ NegativeReweighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 negatives' logits (REMI's interest-aware hard negatives); excluded entries' weights are ignored."""
 
 
+def shared_item_scores(user_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """[B, N]: items [N, d] scored against each user's readout [B, d], or its best interest of [B, K, d]."""
+    if user_vectors.dim() == 2:
+        return user_vectors @ items.T
+    return torch.einsum("bkd,nd->bkn", user_vectors, items).amax(dim=1)
+
+
+def own_item_scores(user_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """[B]: each user's own item [B, d] scored as in `shared_item_scores`."""
+    if user_vectors.dim() == 2:
+        return (user_vectors * items).sum(-1)
+    return torch.einsum("bkd,bd->bk", user_vectors, items).amax(dim=1)
+
+
 def full_softmax_loss(user_vectors: torch.Tensor, target: torch.Tensor, item_table: torch.Tensor,
-                      reweight: NegativeReweighting | None = None) -> torch.Tensor:
+                      reweight: NegativeReweighting | None = None, history: HistoryItems | None = None
+                      ) -> torch.Tensor:
     """Cross-entropy over every real item (row 0 of the table is padding and excluded).
 
-    With `reweight`, every item but the row's target is a negative whose logit gets the returned log weight.
+    `user_vectors` is a readout [B, d], or [B, K, d] when every item is scored by its best interest (UMI).
+    With `reweight`, every item but the row's target is a negative whose logit gets the returned log weight
+    (computed from the model's scores). With `history`, its repeat scores r are added to the history
+    items' columns.
     """
-    logits = user_vectors @ item_table[1:].T
+    logits = shared_item_scores(user_vectors, item_table[1:])
     if reweight is not None:
         is_target = F.one_hot(target - 1, logits.shape[1]).bool()
         logits = logits + reweight(logits, is_target).masked_fill(is_target, 0.0)
+    if history is not None:
+        logits = logits + history.dense_repeat(logits.shape[1])
     return F.cross_entropy(logits, target - 1)
 
 
@@ -109,21 +129,39 @@ def corrected_sampled_softmax(
     target: torch.Tensor,
     classes: SampledClasses,
     reweight: NegativeReweighting | None = None,
+    history: ExactClasses | None = None,
 ) -> torch.Tensor:
-    """Sampled softmax from raw scores: the target's [B] and the shared negatives' [B, N].
+    """Sampled softmax from scores: the target's [B] and the shared negatives' [B, N].
 
-    Every logit is corrected by subtracting log(expected count) of its class (log-Q correction, for the
-    target too), a negative that equals the row's own target is removed (an accidental hit), and
-    `reweight`, if given, adds its log weights to the remaining negatives' logits. Models that score
-    items their own way (UMI: each item against its best interest) share the correction through this.
+    Without `history`, every logit is corrected by subtracting log(expected count) of its class (log-Q
+    correction, for the target too), a negative that equals the row's own target is removed (an
+    accidental hit), and `reweight`, if given, adds its log weights to the remaining negatives' logits.
+
+    With `history` (repeat-aware scoring, `RepeatScore`), the classes of row u split in two: the exact
+    part E_u = h_u U {target} (the distinct items of u's history and the target, at most max_len + 1) and
+    the rest. The softmax normaliser is Z_u = sum_{j in E_u} exp(s_j) + sum_{j not in E_u} exp(s_j). The
+    first sum is computed exactly: the target and the history classes enter with their plain scores, no
+    log-Q. The second is estimated by importance sampling from the N shared draws: each draw n not in
+    E_u contributes exp(s_n - log(N q_n)), and E[sum_n 1[n not in E_u] exp(s_n) / (N q_n)] =
+    sum_{j not in E_u} exp(s_j), so the estimated Z_u is unbiased (the sampled part keeps its log-Q
+    correction; draws that fall in E_u are masked out, since E_u is already counted exactly). Without
+    this split, a repeated item would be counted once exactly and again by its draws, and r would be
+    learned against a normaliser that over-weights exactly the items it raises. `reweight` still acts on
+    the sampled part only, with E_u's draws excluded from it.
+
+    Models that score items their own way (UMI: each item against its best interest) pass their scores.
     """
     hits = classes.accidental_hits(target)
-    positive = positive - classes.target_log_q
+    if history is None:
+        positive = positive - classes.target_log_q
+    else:
+        hits = hits | history.contains(classes.negatives)
     logits = negative - classes.negative_log_q
     if reweight is not None:
         logits = logits + reweight(negative, hits)
     logits = logits.masked_fill(hits, NEG_INF)
-    logits = torch.cat([positive[:, None], logits], dim=1)
+    exact = [positive[:, None]] if history is None else [positive[:, None], history.logits]
+    logits = torch.cat([*exact, logits], dim=1)
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
@@ -134,15 +172,132 @@ def sampled_softmax_loss(
     n_negatives: int,
     log_uniform: bool = True,
     reweight: NegativeReweighting | None = None,
+    history: HistoryItems | None = None,
 ) -> torch.Tensor:
     """Sampled softmax with negatives shared by the batch, as TensorFlow's, which ComiRec trains with.
 
-    Logits are log-Q corrected and accidental hits removed (see `corrected_sampled_softmax`).
+    `user_vectors` is a readout [B, d], or [B, K, d] when every item is scored by its best interest (UMI).
+    Logits are log-Q corrected and accidental hits removed; with `history`, the user's history items
+    enter exactly, each with its repeat score r added (see `corrected_sampled_softmax`).
     """
     classes = sample_classes(target, item_table.shape[0] - 1, n_negatives, log_uniform)
-    positive = (user_vectors * item_table[target]).sum(-1)
-    negative = user_vectors @ item_table[classes.negatives].T
-    return corrected_sampled_softmax(positive, negative, target, classes, reweight)
+    positive = own_item_scores(user_vectors, item_table[target])
+    negative = shared_item_scores(user_vectors, item_table[classes.negatives])
+    exact = None
+    if history is not None:
+        positive = positive + history.repeat_of(target)
+        exact = history.exact_classes(history_item_scores(user_vectors, item_table[history.items]), target)
+    return corrected_sampled_softmax(positive, negative, target, classes, reweight, exact)
+
+
+# --- repeat-aware scoring ("buy it again") ----------------------------------------------------------
+
+
+def history_item_scores(user_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """[B, L]: each user's own history items [B, L, d] scored as in `shared_item_scores`."""
+    users = user_vectors if user_vectors.dim() == 3 else user_vectors[:, None, :]
+    return torch.einsum("bkd,bld->bkl", users, items).amax(dim=1)
+
+
+@dataclass
+class ExactClasses:
+    """A row's classes outside the sampled part of a softmax: its history items and their full logits."""
+
+    items: torch.Tensor  # [B, L] item ids, 0 where a position is no class
+    logits: torch.Tensor  # [B, L] score + r, -inf where a position is no class
+
+    def contains(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, N]: which of the shared ids [N] (all > 0) are among the row's classes.
+
+        Each class item finds its run of equal ids in the sorted ids (two binary searches), and the runs
+        are marked through a cumulative sum: B x L searches instead of comparing every id with every item
+        ([B, N, L]), which cost more than the rest of a training step. A row's items are distinct (and
+        item 0 matches no id), so the runs never overlap.
+        """
+        ordered = ids.sort()
+        start = torch.searchsorted(ordered.values, self.items)
+        end = torch.searchsorted(ordered.values, self.items, right=True)
+        edges = torch.zeros(len(self.items), len(ids) + 1, dtype=torch.long, device=ids.device)
+        edges.scatter_add_(1, start, torch.ones_like(start)).scatter_add_(1, end, -torch.ones_like(end))
+        inside = edges.cumsum(dim=1)[:, :-1] > 0  # in the sorted order of ids
+        return torch.empty_like(inside).scatter_(1, ordered.indices.expand_as(inside), inside)
+
+
+@dataclass
+class HistoryItems:
+    """The distinct items of each user's history and their repeat scores r (see `RepeatScore`).
+
+    Position i of a row holds an item (and its r) at the item's last occurrence; every other position,
+    padding included, holds item 0 and r = 0. So each distinct item appears once, and padding never.
+    """
+
+    items: torch.Tensor  # [B, L]
+    repeat: torch.Tensor  # [B, L]
+
+    def repeat_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B]: r of each row's item ids [B], 0 for an item outside the history."""
+        return (self.repeat * (self.items == ids[:, None])).sum(dim=1)
+
+    def dense_repeat(self, n_items: int) -> torch.Tensor:
+        """[B, N]: r in each history item's column (item j in column j - 1), 0 elsewhere."""
+        dense = self.repeat.new_zeros(len(self.items), n_items + 1).scatter_add(1, self.items, self.repeat)
+        return dense[:, 1:]  # column 0 gathered the non-class positions, whose r is 0
+
+    def exact_classes(self, scores: torch.Tensor, target: torch.Tensor) -> ExactClasses:
+        """The history items other than the row's target as exact classes, logits = scores [B, L] + r."""
+        is_class = (self.items > 0) & (self.items != target[:, None])
+        logits = (scores + self.repeat).masked_fill(~is_class, NEG_INF)
+        return ExactClasses(self.items.masked_fill(~is_class, 0), logits)
+
+
+class RepeatScore(nn.Module):
+    """Repeat-aware scoring: a learned "buy it again" term r(u, j) added to the score of the items of u's history.
+
+    Multi-interest retrieval scores an item by how close it is to an interest, which rewards items like
+    the history but has no notion of re-buying the same item; in grocery logs (Ta-Feng) about one test
+    target in six is a re-purchase. For user u with model input history h (its <= max_len items) and an
+    item j in h:
+
+        r(u, j) = w_count log(1 + count of j in h)      how habitual the item is for u (diminishing returns)
+                + recency[t_j]                          how recent: t_j = positions from the end of h to
+                                                        j's last occurrence (0 = the latest item); a free
+                                                        weight per position, so any decay can be learned
+                + w_user (1 - distinct(h) / len(h))     how much u re-buys at all: 0 when every item of h
+                                                        is new, near 1 for a user who buys the same things
+                + bias                                  the prior of any re-purchase over a new item
+
+    and r(u, j) = 0 for j not in h. Every weight starts at 0, so a model with this module starts exactly as
+    without it (same ranking and, with `loss: full`, the same loss); training moves them only as far as
+    the data rewards re-purchases (on a log with none, the bias goes negative). The final score of an item
+    is the model's (the best interest's inner product) + r. `forward` returns `HistoryItems`.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.count_weight = nn.Parameter(torch.zeros(()))
+        self.recency = nn.Parameter(torch.zeros(max_len))
+        self.user_weight = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> HistoryItems:
+        """`history` [B, L] item ids right-padded with 0, `mask` [B, L] its real positions (L <= max_len)."""
+        same = (history[:, :, None] == history[:, None, :]) & mask[:, None, :]  # [B, L, L]: j real, same item
+        count = same.sum(dim=2)
+        last = mask & ~same.triu(diagonal=1).any(dim=2)  # no later real position holds the same item
+        length = mask.sum(dim=1, keepdim=True)
+        from_end = (length - 1 - torch.arange(history.shape[1], device=history.device)).clamp(min=0)
+        repeat_rate = 1.0 - last.sum(dim=1, keepdim=True) / length.clamp(min=1)
+        repeat = (self.count_weight * torch.log1p(count.to(self.bias.dtype)) + self.recency[from_end]
+                  + self.user_weight * repeat_rate + self.bias)
+        return HistoryItems(history.masked_fill(~last, 0), repeat.masked_fill(~last, 0.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001
+                              unexpected_keys, error_msgs) -> None:  # noqa: ANN001
+        """A checkpoint written without repeat-aware scoring loads with r = 0: the model it was."""
+        for name, parameter in self.named_parameters():
+            state_dict.setdefault(prefix + name, torch.zeros_like(parameter))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:

@@ -128,5 +128,5 @@ class MIND(SequentialRecommender):
             return super().loss(batch)
         interests = self.interests(batch)
         readout = label_aware_readout(interests, self.item_embedding(batch.target), self.config.label_aware_power)
-        rec = self.recommendation_loss(readout, batch.target)
+        rec = self.recommendation_loss(readout, batch)
         return {"total": rec, "rec": rec}

@@ -80,6 +80,6 @@ class REMI(ComiRecSA):
         interests, attention = self.interests_and_attention(batch)
         readout = hard_readout(interests, self.item_embedding(batch.target))
         hard_negatives = functools.partial(hard_negative_log_weights, beta=self.config.beta)
-        rec = self.recommendation_loss(readout, batch.target, hard_negatives)
+        rec = self.recommendation_loss(readout, batch, hard_negatives)
         reg = routing_regularization(attention, self.config.dim)
         return {"total": rec + self.config.routing_reg * reg, "rec": rec, "reg": reg}

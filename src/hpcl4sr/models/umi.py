@@ -35,14 +35,13 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
-from hpcl4sr.models.layers import NEG_INF, CapsuleRouting, corrected_sampled_softmax, sample_classes
+from hpcl4sr.models.layers import NEG_INF, CapsuleRouting
 
 PROFILE_FREE_MESSAGE = "UMI: dataset has no user profile; running the profile-free variant"
 
@@ -120,14 +119,5 @@ class UMI(SequentialRecommender):
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Softmax loss where the target and every negative are each scored by their own best interest."""
-        interests, target, table = self.interests(batch), batch.target, self.item_embeddings()
-        if self.config.loss == "full":
-            logits = torch.einsum("bkd,nd->bkn", interests, table[1:]).amax(dim=1)
-            rec = F.cross_entropy(logits, target - 1)
-        else:
-            classes = sample_classes(target, self.n_items, self.config.negatives * len(target),
-                                     self.config.sampler == "log_uniform")
-            positive = torch.einsum("bkd,bd->bk", interests, table[target]).amax(dim=1)
-            negative = torch.einsum("bkd,nd->bkn", interests, table[classes.negatives]).amax(dim=1)
-            rec = corrected_sampled_softmax(positive, negative, target, classes)
+        rec = self.recommendation_loss(self.interests(batch), batch)  # [B, K, d]: scored by the best interest
         return {"total": rec, "rec": rec}
