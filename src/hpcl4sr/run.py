@@ -82,6 +82,23 @@ def config_for_run(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
     return build_config(model_name, cls.config_class(), layers)
 
 
+# Keys added to a model's config after runs and artifacts were written with it, each with the value that
+# reproduces what was written then (the default may have changed since: `repeat` became `history`).
+ADDED_MODEL_KEYS = {"repeat": "none"}
+
+
+def recorded_config(model_name: str, layers: list[dict[str, Any]]) -> RunConfig:
+    """The config of something written earlier (a run's config.yaml, an artifact's manifest), first layer
+    first: a key of `ADDED_MODEL_KEYS` that it lacks reads as what the code did before the key existed."""
+    fields = getattr(model_class(model_name).config_class, "__dataclass_fields__", {})
+    recorded = dict(layers[0]) if layers else {}
+    model = dict(recorded.get("model") or {})
+    for key, before in ADDED_MODEL_KEYS.items():
+        if key in fields:
+            model.setdefault(key, before)
+    return config_for_run(model_name, [{**recorded, "model": model}, *layers[1:]])
+
+
 def command_line_layers(files: list[Path], data: Path | None, assignments: list[str]) -> list[dict[str, Any]]:
     """The config layers of a command line, first to last: each --config file, --data DIR, the --set pairs."""
     layers = [load_yaml(path) for path in files]
@@ -113,7 +130,7 @@ def read_run_config(run: Path, extra_layers: list[dict[str, Any]] = ()) -> RunCo
     candidates = [Path(absolute) if absolute else None, Path(run) / recorded if recorded else None]
     found = next((str(c.resolve()) for c in candidates if c is not None and c.is_dir()), recorded or absolute)
     saved = {**saved, "data": {**saved.get("data", {}), "path": found}}
-    return config_for_run(saved["model_name"], [saved, *extra_layers])
+    return recorded_config(saved["model_name"], [saved, *extra_layers])
 
 
 def run_config_for_disk(config: RunConfig, run: Path) -> dict[str, Any]:

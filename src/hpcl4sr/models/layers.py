@@ -291,14 +291,6 @@ class RepeatScore(nn.Module):
                   + self.user_weight * repeat_rate + self.bias)
         return HistoryItems(history.masked_fill(~last, 0), repeat.masked_fill(~last, 0.0))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001
-                              unexpected_keys, error_msgs) -> None:  # noqa: ANN001
-        """A checkpoint written without repeat-aware scoring loads with r = 0: the model it was."""
-        for name, parameter in self.named_parameters():
-            state_dict.setdefault(prefix + name, torch.zeros_like(parameter))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
 
 def squash(vectors: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     """Capsule non-linearity: keeps the direction, maps the norm into [0, 1)."""

@@ -31,7 +31,7 @@ from hpcl4sr.config import RunConfig
 from hpcl4sr.data.dataset import SPLITS, Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender
-from hpcl4sr.run import config_for_run
+from hpcl4sr.run import recorded_config
 
 ARTIFACT_FORMAT = "hpcl4sr-artifact"
 ARTIFACT_VERSION = 1
@@ -124,7 +124,7 @@ def read_artifact(path: Path) -> tuple[RunConfig, ServingData, dict[str, torch.T
     missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         raise UserError(f"{path}: incomplete artifact (missing {', '.join(missing)}); export it again")
-    config = config_for_run(meta["model_name"], [{"model": meta["model"], "data": {"max_len": meta["max_len"]}}])
+    config = recorded_config(meta["model_name"], [{"model": meta["model"], "data": {"max_len": meta["max_len"]}}])
     profile = None
     if meta["profile_sizes"] is not None:
         profile = np.load(path / "user_profile.npy"), [int(size) for size in meta["profile_sizes"]]
