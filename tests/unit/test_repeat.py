@@ -182,3 +182,15 @@ def test_every_model_trains_with_repeat(name, synthetic_dir):
     assert all(math.isfinite(value) for value in losses)
     assert sum(losses[-10:]) < sum(losses[:10])
     assert any(float(p.abs().sum()) > 0 for p in model.repeat_score.parameters())  # r has moved off 0
+
+
+def test_a_checkpoint_without_repeat_loads_as_the_model_it_was(synthetic_dir):
+    plain, repeat = build("comirec-sa", synthetic_dir, "none").eval(), build("comirec-sa", synthetic_dir, "history")
+    with torch.no_grad():
+        plain.item_embedding.weight.mul_(3.0)  # weights of its own, which the load must bring over
+    set_repeat(repeat.repeat_score, 1.0, [1.0] * 20, 1.0, 1.0)
+    repeat.load_state_dict(plain.state_dict())  # strict: the missing repeat parameters are not an error
+    assert all(float(p.abs().sum()) == 0 for p in repeat.repeat_score.parameters())
+    batch = TrainSampler(SequenceDataset(synthetic_dir), 16, 20, 4, seed=0).sample()
+    with torch.no_grad():
+        assert torch.equal(plain.rank(batch, 30)[0], repeat.eval().rank(batch, 30)[0])
