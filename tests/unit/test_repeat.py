@@ -184,13 +184,22 @@ def test_every_model_trains_with_repeat(name, synthetic_dir):
     assert any(float(p.abs().sum()) > 0 for p in model.repeat_score.parameters())  # r has moved off 0
 
 
-def test_a_checkpoint_without_repeat_loads_as_the_model_it_was(synthetic_dir):
-    plain, repeat = build("comirec-sa", synthetic_dir, "none").eval(), build("comirec-sa", synthetic_dir, "history")
+def test_a_run_written_before_the_option_loads_as_the_model_it_was(synthetic_dir, tmp_path):
+    # its config.yaml has no model.repeat: it reads as `none`, what the code did then, not today's default
+    import yaml
+
+    from hpcl4sr.run import config_for_run, load_run
+    from hpcl4sr.train import train
+
+    config = config_for_run("comirec-sa", [{"data": {"path": str(synthetic_dir)}, "model": {"repeat": "none"},
+                                            "train": {"max_iters": 20, "eval_every": 20, "batch_size": 16}}])
+    train(config, tmp_path / "run", progress=False)
+    _, dataset, before = load_run(tmp_path / "run")
+    written = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    del written["model"]["repeat"]
+    (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(written))
+    loaded, _, after = load_run(tmp_path / "run")
+    assert loaded.model.repeat == "none" and after.repeat_score is None
+    batch = next(dataset.eval_batches("test", 32, after.max_len))
     with torch.no_grad():
-        plain.item_embedding.weight.mul_(3.0)  # weights of its own, which the load must bring over
-    set_repeat(repeat.repeat_score, 1.0, [1.0] * 20, 1.0, 1.0)
-    repeat.load_state_dict(plain.state_dict())  # strict: the missing repeat parameters are not an error
-    assert all(float(p.abs().sum()) == 0 for p in repeat.repeat_score.parameters())
-    batch = TrainSampler(SequenceDataset(synthetic_dir), 16, 20, 4, seed=0).sample()
-    with torch.no_grad():
-        assert torch.equal(plain.rank(batch, 30)[0], repeat.eval().rank(batch, 30)[0])
+        assert torch.equal(before.rank(batch, 30)[0], after.rank(batch, 30)[0])
