@@ -92,7 +92,7 @@ def test_sampled_loss_with_repeat_equals_a_hand_computation():
         exact = [score[target] + r(row, target)] + [score[j] + r(row, j) for j in sorted(seq - {target})]
         sampled = [score[n] - math.log(q(n)) for n in negatives.tolist() if n not in seq | {target}]
         total += -exact[0] + math.log(sum(math.exp(v) for v in exact + sampled))
-    assert float(loss) == pytest.approx(total / 3, rel=1e-5)
+    assert loss.item() == pytest.approx(total / 3, rel=1e-5)
 
 
 def build(name: str, synthetic_dir, repeat: str, **model) -> torch.nn.Module:
