@@ -156,6 +156,7 @@ class SequentialRecommender(nn.Module):
             n_negatives=self.config.negatives * len(target),
             log_uniform=self.config.sampler == "log_uniform",
             reweight=reweight,
+            sparse_gradient=self.item_embedding.sparse,  # set by train.optimizer: lazy_adam
         )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

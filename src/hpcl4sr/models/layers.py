@@ -49,6 +49,12 @@ NegativeReweighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 negatives' logits (REMI's interest-aware hard negatives); excluded entries' weights are ignored."""
 
 
+def item_rows(item_table: torch.Tensor, ids: torch.Tensor, sparse_gradient: bool = False) -> torch.Tensor:
+    """item_table[ids]; with `sparse_gradient` the table's gradient is a sparse tensor of those rows only
+    (for `train.optimizer: lazy_adam`, which updates the rows a step touched)."""
+    return F.embedding(ids, item_table, sparse=True) if sparse_gradient else item_table[ids]
+
+
 def full_softmax_loss(user_vectors: torch.Tensor, target: torch.Tensor, item_table: torch.Tensor,
                       reweight: NegativeReweighting | None = None) -> torch.Tensor:
     """Cross-entropy over every real item (row 0 of the table is padding and excluded).
@@ -134,14 +140,16 @@ def sampled_softmax_loss(
     n_negatives: int,
     log_uniform: bool = True,
     reweight: NegativeReweighting | None = None,
+    sparse_gradient: bool = False,
 ) -> torch.Tensor:
     """Sampled softmax with negatives shared by the batch, as TensorFlow's, which ComiRec trains with.
 
-    Logits are log-Q corrected and accidental hits removed (see `corrected_sampled_softmax`).
+    Logits are log-Q corrected and accidental hits removed (see `corrected_sampled_softmax`). With
+    `sparse_gradient` the table's gradient covers the targets' and negatives' rows only (`item_rows`).
     """
     classes = sample_classes(target, item_table.shape[0] - 1, n_negatives, log_uniform)
-    positive = (user_vectors * item_table[target]).sum(-1)
-    negative = user_vectors @ item_table[classes.negatives].T
+    positive = (user_vectors * item_rows(item_table, target, sparse_gradient)).sum(-1)
+    negative = user_vectors @ item_rows(item_table, classes.negatives, sparse_gradient).T
     return corrected_sampled_softmax(positive, negative, target, classes, reweight)
 
 

@@ -42,7 +42,7 @@ from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
-from hpcl4sr.models.layers import NEG_INF, CapsuleRouting, corrected_sampled_softmax, sample_classes
+from hpcl4sr.models.layers import NEG_INF, CapsuleRouting, corrected_sampled_softmax, item_rows, sample_classes
 
 PROFILE_FREE_MESSAGE = "UMI: dataset has no user profile; running the profile-free variant"
 
@@ -127,7 +127,8 @@ class UMI(SequentialRecommender):
         else:
             classes = sample_classes(target, self.n_items, self.config.negatives * len(target),
                                      self.config.sampler == "log_uniform")
-            positive = torch.einsum("bkd,bd->bk", interests, table[target]).amax(dim=1)
-            negative = torch.einsum("bkd,nd->bkn", interests, table[classes.negatives]).amax(dim=1)
+            sparse = self.item_embedding.sparse  # set by train.optimizer: lazy_adam
+            positive = torch.einsum("bkd,bd->bk", interests, item_rows(table, target, sparse)).amax(dim=1)
+            negative = torch.einsum("bkd,nd->bkn", interests, item_rows(table, classes.negatives, sparse)).amax(dim=1)
             rec = corrected_sampled_softmax(positive, negative, target, classes)
         return {"total": rec, "rec": rec}
