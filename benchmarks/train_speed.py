@@ -30,8 +30,8 @@ from hpcl4sr.train import make_optimizer
 
 
 def measure(name: str, dataset: SequenceDataset, steps: int, device: torch.device, max_len: int,
-            train: dict[str, Any]) -> tuple[float, float]:
-    """(iterations per second, fraction of the step spent drawing the batch) after a warm-up.
+            train: dict[str, Any], warmup: int = 20) -> tuple[float, float]:
+    """(iterations per second, fraction of the step spent drawing the batch) after `warmup` steps.
 
     `train` holds `train.*` settings: batch_size, optimizer, precision (fp32 | bf16) and compile.
     """
@@ -45,8 +45,8 @@ def measure(name: str, dataset: SequenceDataset, steps: int, device: torch.devic
                 else contextlib.nullcontext())
     sampler = TrainSampler(dataset, batch_size, max_len, config.data.min_history, seed=0)
     sampling = 0.0
-    for step in range(steps + 20):
-        if step == 20:  # warm-up done: start the clocks
+    for step in range(steps + warmup):
+        if step == warmup:  # warm-up done (and compiled, with --compile): start the clocks
             synchronize(device)
             started, sampling = time.perf_counter(), 0.0
         tick = time.perf_counter()
