@@ -59,7 +59,8 @@ def label_parts(model: torch.nn.Module) -> None:
         "recommendation_loss": "sampled softmax (eq. 19)",
     }
     for method, label in parts.items():
-        setattr(model, method, labelled(label, getattr(model, method)))
+        if hasattr(model, method):  # category_rows: from issue 16 on (the profile also runs on older code)
+            setattr(model, method, labelled(label, getattr(model, method)))
     if hasattr(model, "routing"):
         model.routing.forward = labelled("capsule routing (eq. 10)", model.routing.forward)
     hpcl4sr_module.angular_contrastive_loss = labelled("contrastive loss (eq. 15-17)",
