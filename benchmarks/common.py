@@ -34,14 +34,15 @@ def dataset_dir(data: Path | None, scratch: Path, parser: argparse.ArgumentParse
     return scratch / "tafeng"
 
 
-def synthetic_tmall_dir(scratch: Path, users: int) -> Path:
+def synthetic_tmall_dir(scratch: Path, users: int, items: int = TMALL_ITEMS) -> Path:
     """A prepared synthetic dataset with Tmall's catalogue (311,746 items, 1,400 categories) in `scratch`.
 
     A step's cost grows with the catalogue (the item table and its optimiser state), not with the user
     count, so `users` can stay well below Tmall's 356,795 to keep the preparation short. Nothing is
-    filtered, so (nearly) every item keeps a row; `meta.json` has the exact count.
+    filtered, so (nearly) every item keeps a row; `meta.json` has the exact count. `items` changes the
+    catalogue's size, to see how a step's cost grows with it.
     """
-    frame = synthesize(users, TMALL_ITEMS, TMALL_CATEGORIES, seed=0, mean_length=TMALL_MEAN_LENGTH)
+    frame = synthesize(users, items, TMALL_CATEGORIES, seed=0, mean_length=TMALL_MEAN_LENGTH)
     raw = RawLog(interactions=frame.with_row_index("order").lazy(), user_features=None)
     prepare(raw, PrepareOptions(source="synthetic", filter="none", max_len=20), scratch / "synthetic-tmall")
     return scratch / "synthetic-tmall"

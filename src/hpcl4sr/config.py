@@ -27,6 +27,11 @@ class TrainConfig:
         batch_size: training samples per step (per process under torchrun).
         lr: Adam's learning rate.
         weight_decay: Adam's L2 penalty.
+        optimizer: adam (every parameter, every step) | lazy_adam (the item table gets sparse gradients and
+            torch's SparseAdam updates only the rows a step looked up: history, targets and sampled
+            negatives; the other parameters keep Adam). A step's cost then grows with the batch, not the
+            catalogue. Untouched rows' Adam moments are not decayed (docs/design-notes.md). Needs
+            model.loss: sampled and weight_decay: 0, and one process (no torchrun).
         max_iters: the step budget; training stops earlier when early stopping says so.
         eval_every: steps between validations (each one writes last.pt, and best.pt when better).
         patience: validations without a better valid recall@50 before stopping.
@@ -42,6 +47,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adam"
     max_iters: int = 60_000
     eval_every: int = 1_000
     patience: int = 10
@@ -56,6 +62,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.optimizer not in ("adam", "lazy_adam"):
+            raise UserError(f"train.optimizer: expected adam or lazy_adam, got {self.optimizer!r}")
+        if self.optimizer == "lazy_adam" and self.weight_decay > 0:
+            raise UserError("train.optimizer: lazy_adam has no weight decay (torch's SparseAdam); "
+                            "use train.weight_decay: 0 or train.optimizer: adam")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"train.precision: expected fp32 or bf16, got {self.precision!r}")
         for name in ("batch_size", "max_iters", "eval_every", "log_every", "eval_batch_size"):

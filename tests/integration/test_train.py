@@ -32,11 +32,13 @@ def test_training_lowers_loss_and_writes_the_run(synthetic_dir, tmp_path):
     assert checkpoint["config"]["model_name"] == "comirec-sa"
 
 
-def test_resume_continues_exactly(synthetic_dir, tmp_path):
-    train(run_config(synthetic_dir, max_iters=60), tmp_path / "straight", progress=False)
-    train(run_config(synthetic_dir, max_iters=40), tmp_path / "resumed", progress=False)
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_resume_continues_exactly(synthetic_dir, tmp_path, optimizer):
+    train(run_config(synthetic_dir, max_iters=60, optimizer=optimizer), tmp_path / "straight", progress=False)
+    train(run_config(synthetic_dir, max_iters=40, optimizer=optimizer), tmp_path / "resumed", progress=False)
     first_seconds = torch.load(tmp_path / "resumed/last.pt", weights_only=True)["state"]["seconds"]
-    train(run_config(synthetic_dir, max_iters=60), tmp_path / "resumed", resume=True, progress=False)
+    train(run_config(synthetic_dir, max_iters=60, optimizer=optimizer), tmp_path / "resumed", resume=True,
+          progress=False)
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
     resumed = torch.load(tmp_path / "resumed/last.pt", weights_only=True)
     assert resumed["state"]["seconds"] > first_seconds > 0  # training time adds up across the resume

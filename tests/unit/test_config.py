@@ -43,6 +43,8 @@ def test_int_is_accepted_for_float():
         ({"train": {"max_iters": "many"}}, "train.max_iters: expected int"),
         ({"train": {"device": "tpu"}}, "train.device"),
         ({"model": {"loss": "bpr"}}, "model.loss"),
+        ({"train": {"optimizer": "sgd"}}, "train.optimizer: expected adam or lazy_adam"),
+        ({"train": {"optimizer": "lazy_adam", "weight_decay": 0.01}}, "lazy_adam has no weight decay"),
     ],
 )
 def test_bad_options_are_named(layer, message):

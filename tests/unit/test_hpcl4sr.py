@@ -209,3 +209,27 @@ def test_zero_fusion_bias_starts_at_zero_and_the_default_does_not(synthetic_dir)
     for choice, is_zero in (("zero", True), ("default", False)):
         model = build_model(config_for_run("hpcl4sr", [{"model": {"fusion_bias": choice}}]), data, 20)
         assert bool((model.fusion.bias == 0).all()) is is_zero
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_batch_rows_of_the_gcn_equal_the_whole_table_with_gradients(synthetic_dir, layers):
+    # A training step computes only the categories its batch uses, through the powers of A; values and
+    # gradients must be those of the layer-by-layer GCN (eq. 3-4) up to float rounding.
+    dataset = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    model = build_model(config_for_run("hpcl4sr", [{"model": {"gcn_layers": layers}}]), dataset, 20)
+    for layer in model.gcn:  # weights away from their small initial values, so every M_ij term matters
+        torch.nn.init.normal_(layer.weight, std=0.1)
+    categories = model.item_category[TrainSampler(dataset, 16, 20, 4, seed=0).sample().history]
+    direction = torch.randn(*categories.shape, model.config.dim)
+    weights = [model.category_embedding.weight, *model.gcn.parameters()]
+
+    def rows_and_gradients(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (rows, *torch.autograd.grad((rows * direction).sum(), weights))
+
+    batch_rows = rows_and_gradients(model.category_rows(categories))
+    table_rows = rows_and_gradients(model.compute_category_table()[categories])
+    assert len(categories.unique()) < dataset.n_categories  # the batch does leave categories out
+    for fast, reference in zip(batch_rows, table_rows):
+        assert reference.abs().max() > 0
+        assert (fast - reference).abs().max() <= 1e-5 * reference.abs().max()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hpcl4sr.data.dataset import SequenceDataset, TrainSampler
+from hpcl4sr.errors import UserError
 from hpcl4sr.models import MODELS
 from hpcl4sr.run import build_model, config_for_run
 from hpcl4sr.train import make_optimizer
@@ -67,3 +68,33 @@ def test_summary_is_the_whole_first_paragraph(name):
     # `hpcl4sr models` prints it: a citation wrapped over two lines must not be cut at the line break
     summary = MODELS[name].summary()
     assert "\n" not in summary and summary.endswith(".") and summary.count("(") == summary.count(")")
+
+
+def test_lazy_adam_moves_exactly_the_item_rows_a_step_touched(model_and_batch, synthetic_dir):
+    model, _ = model_and_batch
+    settings = config_for_run(model.name, [{"train": {"optimizer": "lazy_adam"}}]).train
+    optimizer = make_optimizer(model, settings)
+    sampler = TrainSampler(SequenceDataset(synthetic_dir), 16, 20, 4, seed=0)
+    table = model.item_embedding.weight
+    start, others = table.detach().clone(), [p.detach().clone() for p in model.parameters() if p is not table]
+    touched = torch.zeros(len(table), dtype=torch.bool)
+    for _ in range(3):
+        total = model.loss(sampler.sample())["total"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        assert torch.isfinite(total) and table.grad.is_sparse  # no dense use of the table is left
+        gradient = table.grad.coalesce()
+        touched[gradient.indices()[0][gradient.values().abs().sum(1) > 0]] = True
+        optimizer.step()
+    moved = (table.detach() != start).any(dim=1)
+    assert 0 < touched.sum() < len(table) - 1  # the steps left most rows alone
+    assert torch.equal(moved, touched)
+    assert all(not torch.equal(p, before) for p, before in zip(
+        (p for p in model.parameters() if p is not table), others))
+
+
+def test_lazy_adam_refuses_the_full_softmax(synthetic_dir):
+    config = config_for_run("comirec-sa", [{"model": {"loss": "full"}, "train": {"optimizer": "lazy_adam"}}])
+    model = build_model(config, SequenceDataset(synthetic_dir), max_len=20)
+    with pytest.raises(UserError, match="lazy_adam needs model.loss: sampled"):
+        make_optimizer(model, config.train)

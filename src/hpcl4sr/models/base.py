@@ -220,6 +220,7 @@ class SequentialRecommender(nn.Module):
             log_uniform=self.config.sampler == "log_uniform",
             reweight=reweight,
             history=history,
+            sparse_gradient=self.item_embedding.sparse,  # set by train.optimizer: lazy_adam
         )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -49,6 +49,12 @@ NegativeReweighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 negatives' logits (REMI's interest-aware hard negatives); excluded entries' weights are ignored."""
 
 
+def item_rows(item_table: torch.Tensor, ids: torch.Tensor, sparse_gradient: bool = False) -> torch.Tensor:
+    """item_table[ids]; with `sparse_gradient` the table's gradient is a sparse tensor of those rows only
+    (for `train.optimizer: lazy_adam`, which updates the rows a step touched)."""
+    return F.embedding(ids, item_table, sparse=True) if sparse_gradient else item_table[ids]
+
+
 def shared_item_scores(user_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """[B, N]: items [N, d] scored against each user's readout [B, d], or its best interest of [B, K, d]."""
     if user_vectors.dim() == 2:
@@ -173,20 +179,23 @@ def sampled_softmax_loss(
     log_uniform: bool = True,
     reweight: NegativeReweighting | None = None,
     history: HistoryItems | None = None,
+    sparse_gradient: bool = False,
 ) -> torch.Tensor:
     """Sampled softmax with negatives shared by the batch, as TensorFlow's, which ComiRec trains with.
 
     `user_vectors` is a readout [B, d], or [B, K, d] when every item is scored by its best interest (UMI).
     Logits are log-Q corrected and accidental hits removed; with `history`, the user's history items
-    enter exactly, each with its repeat score r added (see `corrected_sampled_softmax`).
+    enter exactly, each with its repeat score r added (see `corrected_sampled_softmax`). With
+    `sparse_gradient` the table's gradient covers the rows the step looked up only (`item_rows`).
     """
     classes = sample_classes(target, item_table.shape[0] - 1, n_negatives, log_uniform)
-    positive = own_item_scores(user_vectors, item_table[target])
-    negative = shared_item_scores(user_vectors, item_table[classes.negatives])
+    positive = own_item_scores(user_vectors, item_rows(item_table, target, sparse_gradient))
+    negative = shared_item_scores(user_vectors, item_rows(item_table, classes.negatives, sparse_gradient))
     exact = None
     if history is not None:
         positive = positive + history.repeat_of(target)
-        exact = history.exact_classes(history_item_scores(user_vectors, item_table[history.items]), target)
+        history_rows = item_rows(item_table, history.items, sparse_gradient)
+        exact = history.exact_classes(history_item_scores(user_vectors, history_rows), target)
     return corrected_sampled_softmax(positive, negative, target, classes, reweight, exact)
 
 
