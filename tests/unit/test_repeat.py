@@ -12,7 +12,6 @@ from hpcl4sr.models import MODELS
 from hpcl4sr.models.layers import ExactClasses, RepeatScore, sample_negatives, sampled_softmax_loss
 from hpcl4sr.run import build_model, config_for_run
 from hpcl4sr.serve.index import FaissIndex, import_faiss
-from hpcl4sr.train import make_optimizer
 
 SGD_MODELS = sorted(name for name, cls in MODELS.items() if not cls.fitted)
 
@@ -164,24 +163,6 @@ def test_rank_with_repeat_equals_brute_force_scoring_of_every_item(name, backend
         with torch.no_grad():
             per_interest = torch.einsum("bkd,bnd->bkn", model.interests(batch), model.item_embeddings()[items])
         assert torch.equal(interest, per_interest.argmax(dim=1))
-
-
-@pytest.mark.filterwarnings("ignore:UMI")
-@pytest.mark.parametrize("name", SGD_MODELS)
-def test_every_model_trains_with_repeat(name, synthetic_dir):
-    model = build(name, synthetic_dir, "history")
-    optimizer = make_optimizer(model, config_for_run(name, []).train)
-    sampler = TrainSampler(SequenceDataset(synthetic_dir), 64, 20, 4, seed=0)
-    losses = []
-    for _ in range(40):
-        total = model.loss(sampler.sample())["total"]
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        losses.append(total.item())
-    assert all(math.isfinite(value) for value in losses)
-    assert sum(losses[-10:]) < sum(losses[:10])
-    assert any(float(p.abs().sum()) > 0 for p in model.repeat_score.parameters())  # r has moved off 0
 
 
 def test_a_run_written_before_the_option_loads_as_the_model_it_was(synthetic_dir, tmp_path):
