@@ -30,12 +30,13 @@ from hpcl4sr.train import make_optimizer
 
 
 def measure(name: str, dataset: SequenceDataset, steps: int, device: torch.device, max_len: int,
-            train: dict[str, Any], warmup: int = 20) -> tuple[float, float]:
+            train: dict[str, Any], warmup: int = 20, model: dict[str, Any] | None = None) -> tuple[float, float]:
     """(iterations per second, fraction of the step spent drawing the batch) after `warmup` steps.
 
-    `train` holds `train.*` settings: batch_size, optimizer, precision (fp32 | bf16) and compile.
+    `train` holds `train.*` settings: batch_size, optimizer, precision (fp32 | bf16) and compile; `model`
+    the `model.*` settings that differ from the model's defaults (e.g. repeat).
     """
-    config = config_for_run(name, [{"train": train}])
+    config = config_for_run(name, [{"train": train, "model": model or {}}])
     batch_size = config.train.batch_size
     torch.manual_seed(0)
     model = build_model(config, dataset, max_len).to(device)
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile)")
+    parser.add_argument("--repeat", default="history", choices=("none", "history"),
+                        help="model.repeat: history (the default) or none (the published models)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -96,7 +99,8 @@ def main() -> None:
         train = {"batch_size": args.batch_size, "optimizer": args.optimizer, "precision": args.precision,
                  "compile": args.compile}
         for name in args.models.split(","):
-            speeds[name], shares[name] = measure(name, dataset, args.steps, device, max_len, train)
+            speeds[name], shares[name] = measure(name, dataset, args.steps, device, max_len, train,
+                                                 model={"repeat": args.repeat})
     print(json.dumps({
         "dataset": "synthetic-tmall" if args.synthetic_tmall else dataset.meta["source"],
         "items": dataset.n_items,
@@ -105,6 +109,7 @@ def main() -> None:
         "optimizer": args.optimizer,
         "precision": args.precision,
         "compile": args.compile,
+        "repeat": args.repeat,
         "max_len": max_len,
         "steps": args.steps,
         "threads": torch.get_num_threads(),
