@@ -109,10 +109,17 @@ def similarity_summary(values: np.ndarray) -> dict[str, float | int]:
 
 
 def distinct_names(runs: list[Path]) -> list[str]:
-    """A legend name for each run directory: its last folder name, or its whole path where several runs share
-    that name (the runs of one grid end in s1, s2, ...)."""
-    names = [path.name for path in runs]
-    return [path.name if names.count(path.name) == 1 else str(path) for path in runs]
+    """A legend name for each run directory: the fewest trailing folders that no other run ends in, so
+    the runs of one grid (ROW/s1, ROW/s2, ...) are named by row and seed, not by their whole paths."""
+    parts = [Path(path).parts for path in runs]
+
+    def name(own: tuple[str, ...]) -> str:
+        for depth in range(1, len(own) + 1):
+            if sum(other[-depth:] == own[-depth:] for other in parts) == 1:
+                return str(Path(*own[-depth:]))
+        return str(Path(*own))  # the same run twice
+
+    return [name(own) for own in parts]
 
 
 def plot_similarity_histogram(series: dict[str, np.ndarray], out: Path, dataset: str) -> None:

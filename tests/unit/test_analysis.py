@@ -35,5 +35,5 @@ def test_repeat_breakdown_matches_brute_force(synthetic_dir):
 
 
 def test_runs_sharing_a_folder_name_are_told_apart_by_their_path():
-    runs = [Path("grid/hpcl4sr/s1"), Path("grid/remi/s1"), Path("runs/mine")]
-    assert distinct_names(runs) == ["grid/hpcl4sr/s1", "grid/remi/s1", "mine"]
+    runs = [Path("/x/grid/hpcl4sr/s1"), Path("/x/grid/remi/s1"), Path("runs/mine"), Path("a/run"), Path("b/run")]
+    assert distinct_names(runs) == ["hpcl4sr/s1", "remi/s1", "mine", "a/run", "b/run"]
