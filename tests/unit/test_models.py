@@ -62,7 +62,7 @@ def test_fifty_steps_lower_the_loss(model_and_batch, synthetic_dir):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < sum(losses[:10])
     # every SGD model scores re-purchases by default (model.repeat: history), and learns that score too
-    assert any(float(p.abs().sum()) > 0 for p in model.repeat_score.parameters())
+    assert any(bool((p != 0).any()) for p in model.repeat_score.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
