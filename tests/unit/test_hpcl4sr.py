@@ -1,6 +1,7 @@
 """HPCL4SR's pieces checked against numbers computed by hand or by the paper's formulas directly."""
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -20,7 +21,7 @@ from hpcl4sr.models.hpcl4sr import (
     normalise,
     training_graph,
 )
-from hpcl4sr.models.layers import routing_regularization
+from hpcl4sr.models.layers import hard_negative_log_weights, hard_readout, routing_regularization
 from hpcl4sr.run import build_model, config_for_run
 
 
@@ -209,6 +210,28 @@ def test_zero_fusion_bias_starts_at_zero_and_the_default_does_not(synthetic_dir)
     for choice, is_zero in (("zero", True), ("default", False)):
         model = build_model(config_for_run("hpcl4sr", [{"model": {"fusion_bias": choice}}]), data, 20)
         assert bool((model.fusion.bias == 0).all()) is is_zero
+
+
+def test_beta_weights_the_negatives_as_remi_and_zero_is_the_paper(synthetic_dir):
+    """HPCL4SR+'s hard negatives: eq. 19's softmax with REMI's weights exp(beta s_j) / mean exp(beta s)."""
+    data = SequenceDataset(synthetic_dir)
+    batch = TrainSampler(data, 8, 20, 4, seed=0).sample()
+
+    def rec_loss(beta: float, reweight=None) -> float:
+        torch.manual_seed(0)
+        model = build_model(config_for_run("hpcl4sr", [{"model": {"beta": beta, "sampler": "uniform"}}]), data, 20)
+        torch.manual_seed(1)  # the same negatives in every call
+        if reweight is None:
+            return float(model.loss(batch)["rec"])
+        readout = hard_readout(model.interests(batch), model.item_embedding(batch.target))
+        return float(model.recommendation_loss(readout, batch, reweight))
+
+    weighted = rec_loss(2.0)
+    assert weighted == pytest.approx(rec_loss(0.0, functools.partial(hard_negative_log_weights, beta=2.0)), rel=1e-6)
+    assert rec_loss(0.0) == pytest.approx(rec_loss(0.0, lambda scores, excluded: torch.zeros_like(scores)), rel=1e-6)
+    assert weighted > rec_loss(0.0)  # weights growing with the score put more mass on the negatives
+    with pytest.raises(UserError, match="model.beta"):
+        config_for_run("hpcl4sr", [{"model": {"beta": -1.0}}])
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])

@@ -16,11 +16,13 @@ P_u and M_u (eq. 15-17).
 The paper's Table 3 variants are configs under configs/hpcl4sr/, not code forks: `high_level: false`
 drops the graph path (the `base` models use P_u directly), `fusion` swaps eq. 13 for Q + P or Q * P,
 `routing_reg` adds REMI's routing regulariser on the capsule coupling (the `cr` variant, with
-`lambda_cl: 0`), `margin: 0` is the w/o-m ablation.
+`lambda_cl: 0`), `margin: 0` is the w/o-m ablation. `beta` (REMI's hard negatives) and the base class's
+`repeat` are not the paper's: they belong to HPCL4SR+ (configs/hpcl4sr/plus.yaml).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,6 +39,7 @@ from hpcl4sr.models.layers import (
     NEG_INF,
     CapsuleRouting,
     MultiInterestSelfAttention,
+    hard_negative_log_weights,
     hard_readout,
     routing_regularization,
 )
@@ -174,6 +177,9 @@ class HPCL4SRConfig(ModelConfig):
         fusion: mlp (eq. 13) | add | mul (Table 3's ablations).
         class_mode: supervised | reversed (a gradient-reversal layer before the classifier).
         routing_reg: weight of REMI's routing regulariser on the coupling (the `cr` variant).
+        beta: hardness of REMI's interest-aware hard negatives in eq. 19's sampled softmax (each negative's
+            term weighted by exp(beta s_j) / mean exp(beta s), `layers.hard_negative_log_weights`); 0, the
+            paper, is the plain softmax exactly. Not in the paper: HPCL4SR+'s recipe (docs/design-notes.md).
         serve: fused (retrieve with M_u) | low (with P_u).
     """
 
@@ -193,6 +199,7 @@ class HPCL4SRConfig(ModelConfig):
     fusion: str = "mlp"
     class_mode: str = "supervised"
     routing_reg: float = 0.0
+    beta: float = 0.0
     serve: str = "fused"
 
     def validate(self) -> None:
@@ -209,6 +216,8 @@ class HPCL4SRConfig(ModelConfig):
                             "(without Q_u there is no fused view)")
         if not 0 < self.alpha <= 1 or self.hops < 0 or self.temperature <= 0:
             raise UserError("model.alpha must be in (0, 1], model.hops >= 0 and model.temperature > 0")
+        if self.beta < 0:
+            raise UserError(f"model.beta: expected a number >= 0, got {self.beta}")
         if self.cl_warmup < 0:
             raise UserError(f"model.cl_warmup: expected a number of steps >= 0, got {self.cl_warmup}")
 
@@ -409,7 +418,8 @@ class HPCL4SR(SequentialRecommender):
         parts = self.parts(batch)
         serving = parts["fused"] if config.serve == "fused" else parts["low"]
         readout = hard_readout(serving, self.item_embedding(batch.target))  # eq. 18
-        losses = {"rec": self.recommendation_loss(readout, batch)}  # eq. 19
+        hard_negatives = functools.partial(hard_negative_log_weights, beta=config.beta) if config.beta > 0 else None
+        losses = {"rec": self.recommendation_loss(readout, batch, hard_negatives)}  # eq. 19
         if config.lambda_class > 0:
             losses["class"] = self.class_loss(parts["routing_inputs"], batch)
         if config.lambda_cl > 0:

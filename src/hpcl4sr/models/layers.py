@@ -49,6 +49,14 @@ NegativeReweighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 negatives' logits (REMI's interest-aware hard negatives); excluded entries' weights are ignored."""
 
 
+def hard_negative_log_weights(scores: torch.Tensor, excluded: torch.Tensor, beta: float) -> torch.Tensor:
+    """log w_j = beta s_j - log(mean over the row's non-excluded negatives of exp(beta s))."""
+    tempered = beta * scores
+    count = (~excluded).sum(dim=1, keepdim=True)
+    log_mean = torch.logsumexp(tempered.masked_fill(excluded, NEG_INF), dim=1, keepdim=True) - count.log()
+    return tempered - log_mean
+
+
 def item_rows(item_table: torch.Tensor, ids: torch.Tensor, sparse_gradient: bool = False) -> torch.Tensor:
     """item_table[ids]; with `sparse_gradient` the table's gradient is a sparse tensor of those rows only
     (for `train.optimizer: lazy_adam`, which updates the rows a step touched)."""

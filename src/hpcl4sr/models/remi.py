@@ -41,7 +41,7 @@ from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, register
 from hpcl4sr.models.comirec_sa import ComiRecSA
-from hpcl4sr.models.layers import NEG_INF, hard_readout, routing_regularization
+from hpcl4sr.models.layers import hard_negative_log_weights, hard_readout, routing_regularization
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,6 @@ class REMIConfig(ModelConfig):
         super().validate()
         if self.routing_reg < 0 or self.beta < 0:
             raise UserError("model.routing_reg and model.beta must be >= 0")
-
-
-def hard_negative_log_weights(scores: torch.Tensor, excluded: torch.Tensor, beta: float) -> torch.Tensor:
-    """log w_j = beta s_j - log(mean over the row's non-excluded negatives of exp(beta s))."""
-    tempered = beta * scores
-    count = (~excluded).sum(dim=1, keepdim=True)
-    log_mean = torch.logsumexp(tempered.masked_fill(excluded, NEG_INF), dim=1, keepdim=True) - count.log()
-    return tempered - log_mean
 
 
 @register("remi")
