@@ -257,7 +257,7 @@ def test_shipped_experiment_files_are_valid(path, tmp_path):
     cells = experiment.cells()
     assert len({cell.id for cell in cells}) == len(cells)
     for cell in cells:  # every layer names real keys with well-typed values; budgets a CPU can hold
-        assert cell_config(cell, tmp_path).train.max_iters in (10_000, 12_000)
+        assert 1_000 <= cell_config(cell, tmp_path).train.max_iters <= 30_000
     for spec in experiment.datasets.values():  # downloaded, or named so that a missing file can be reported
         assert spec.fetch == "tafeng" or (spec.raw and all(path.name for path in spec.raw))
 
