@@ -15,6 +15,9 @@ import math
 
 import torch
 
+BLOCK = 32  # columns per block when pruning wide rows: the narrowest that torch's CPU max-reduction
+# vectorizes in float32 (narrower is slower, not faster)
+
 
 def _score_desc_item_asc(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Per-row permutation ordering by score descending, then item id ascending.
@@ -44,7 +47,7 @@ def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     rows, width = scores.shape
     if k >= width:
         return scores.clone(), torch.arange(width, device=scores.device).expand_as(scores)
-    block = 32  # the narrowest that torch's CPU max-reduction vectorizes in float32: narrower is slower, not faster
+    block = BLOCK
     if width >= 16 * block * k:  # below that the extra calls cost more than the narrower topk saves
         n_blocks = width // block
         head = scores[:, : n_blocks * block].view(rows, n_blocks, block)
@@ -66,6 +69,34 @@ def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return values.gather(1, order), index
 
 
+def _chunk_topk_best_interest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` items of each user by their best interest's score: (values, columns, interest), columns
+    ascending, from ``scores`` [B, K, W] (user, interest, item column).
+
+    An item's merged score is its maximum over the K interests, so the merge happens here, per chunk,
+    before any top-k: the top-k then runs on B rows instead of B x K, and the K-interest pool never
+    exists. The interest is the first that reaches the maximum (the smallest index, as `merge_interests`
+    credits ties). Wide rows are pruned by blocks as in `_chunk_topk`, with a block's maximum taken over
+    the K interests too, in a pass that reads the scores once.
+    """
+    batch, _, width = scores.shape
+    if k < width and width >= 16 * BLOCK * k:
+        n_blocks = width // BLOCK
+        head = scores[:, :, : n_blocks * BLOCK].view(batch, -1, n_blocks, BLOCK)
+        _, picked = _chunk_topk(head.amax(dim=3).amax(dim=1), k)
+        # [B, k, K, BLOCK] -> each column's best score; the tail competes whole, as block n_blocks.
+        in_picked = head[torch.arange(batch, device=scores.device)[:, None], :, picked].amax(dim=2)
+        candidates = torch.cat([in_picked.flatten(1), scores[:, :, n_blocks * BLOCK :].amax(dim=1)], dim=1)
+        picked = torch.cat([picked, torch.full_like(picked[:, :1], n_blocks)], dim=1)
+        values, position = _chunk_topk(candidates, k)
+        columns = picked.gather(1, position // BLOCK) * BLOCK + position % BLOCK
+    else:
+        values, columns = _chunk_topk(scores.amax(dim=1), min(k, width))
+    # Only the k winners need their interest: max's index is the first of equal maxima.
+    interest = scores.gather(2, columns[:, None, :].expand(-1, scores.shape[1], -1)).max(dim=1).indices
+    return values, columns, interest
+
+
 @torch.no_grad()
 def topk_multi_interest(
     interests: torch.Tensor,
@@ -76,12 +107,13 @@ def topk_multi_interest(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact top-``n`` items for each user over K interests, merged as ComiRec does.
 
-    ``interests`` is [B, K, d]; ``item_embeddings`` is [N+1, d] with row 0 padding, never returned. Each
-    interest scores rows 1..N by inner product, ``chunk_items`` rows at a time, keeping a running top-n,
-    so memory stays O(B*K*chunk_items) whatever N is (the table may even stay on the CPU while the
-    interests live on an accelerator: each chunk is moved on its own). The K*n (item, score) pairs of a
-    user are then pooled, sorted by score, de-duplicated keeping each item's best score, and the first n
-    kept. Exact search needs no faiss and leaves no approximation error in the reported figures.
+    ``interests`` is [B, K, d]; ``item_embeddings`` is [N+1, d] with row 0 padding, never returned. An
+    item's score is its best interest's inner product, and the n best items by that score are returned,
+    which is ComiRec's merge (pool the K per-interest top-n lists, keep each item's best score, cut at n)
+    computed directly. Rows 1..N are scored ``chunk_items`` rows at a time, keeping a running top-n, so
+    memory stays O(B*K*chunk_items) whatever N is (the table may even stay on the CPU while the
+    interests live on an accelerator: each chunk is moved on its own). Exact search needs no faiss and
+    leaves no approximation error in the reported figures.
 
     ``exclude`` is an optional [B, L] LongTensor of item ids, 0-padded (the ``--filter-history`` variant):
     those items score -inf and are never returned.
@@ -113,30 +145,44 @@ def topk_multi_interest(
     # Every chunk scores into one buffer: a fresh [B*K, chunk_items] tensor per chunk pays page faults that
     # cost as much again as the matmul on CPU.
     buffer = torch.empty(rows * min(chunk_items, n_items), dtype=dtype, device=device)
-    # The chunks' top n, kept in item order (chunks ascend, _chunk_topk returns ascending columns) so that
-    # _chunk_topk's tie rule (smaller column) is the item rule when they are merged. Merging only once they
+    # The chunks' top n, kept in item order (chunks ascend, the top-k returns ascending columns) so that
+    # `_chunk_topk`'s tie rule (smaller column) is the item rule when they are merged. Merging only once they
     # outgrow a chunk, rather than after every chunk, costs less and keeps memory O(B*K*chunk_items).
-    found_scores = [torch.empty(rows, 0, dtype=dtype, device=device)]
-    found_items = [torch.empty(rows, 0, dtype=torch.long, device=device)]
+    found_scores = [torch.empty(batch, 0, dtype=dtype, device=device)]
+    found_items = [torch.empty(batch, 0, dtype=torch.long, device=device)]
+    found_interest = [torch.empty(batch, 0, dtype=torch.long, device=device)]
     for lo in range(1, n_items + 1, chunk_items):
         hi = min(lo + chunk_items, n_items + 1)
         chunk = item_embeddings[lo:hi].to(device=device, dtype=dtype)
         scores = torch.mm(queries, chunk.T, out=buffer[: rows * (hi - lo)].view(rows, hi - lo))
+        scores = scores.view(batch, k_interests, hi - lo)
         if exclude is not None:
             # Column hi - lo is a dump for ids outside this chunk (and padding), dropped after the scatter.
             local = torch.where((exclude >= lo) & (exclude < hi), exclude - lo, hi - lo)
             banned = torch.zeros(batch, hi - lo + 1, dtype=torch.bool, device=device)
             banned.scatter_(1, local, True)
-            scores.view(batch, k_interests, hi - lo).masked_fill_(banned[:, None, : hi - lo], -math.inf)
-        values, index = _chunk_topk(scores, min(n, hi - lo))
+            scores.masked_fill_(banned[:, None, : hi - lo], -math.inf)
+        values, index, interest = _chunk_topk_best_interest(scores, min(n, hi - lo))
         found_scores.append(values)
         found_items.append(index + lo)
+        found_interest.append(interest)
         if hi > n_items or sum(found.shape[1] for found in found_scores) > chunk_items:
-            pooled_scores, pooled_items = torch.cat(found_scores, dim=1), torch.cat(found_items, dim=1)
+            pooled_scores = torch.cat(found_scores, dim=1)
             values, index = _chunk_topk(pooled_scores, min(n, pooled_scores.shape[1]))
-            found_scores, found_items = [values], [pooled_items.gather(1, index)]
-    return merge_interests(found_items[0].view(batch, k_interests, -1), found_scores[0].view(batch, k_interests, -1),
-                           n)
+            found_scores = [values]
+            found_items = [torch.cat(found_items, dim=1).gather(1, index)]
+            found_interest = [torch.cat(found_interest, dim=1).gather(1, index)]
+    # Item order -> score descending, ties by the smaller item (a stable sort of an item-ordered list).
+    scores, order = torch.sort(found_scores[0], dim=1, descending=True, stable=True)
+    kept = scores > -math.inf  # excluded items (and the padding of N < n) are never returned
+    items = found_items[0].gather(1, order).masked_fill(~kept, 0)
+    interest = found_interest[0].gather(1, order).masked_fill(~kept, -1)
+    if items.shape[1] < n:
+        pad = n - items.shape[1]
+        items = torch.nn.functional.pad(items, (0, pad), value=0)
+        scores = torch.nn.functional.pad(scores, (0, pad), value=-math.inf)
+        interest = torch.nn.functional.pad(interest, (0, pad), value=-1)
+    return items, scores, interest
 
 
 @torch.no_grad()
