@@ -101,3 +101,28 @@ def test_an_experiment_grid_mixes_fitted_and_trained_rows(synthetic_dir, tmp_pat
     assert (tmp_path / "out" / results[0]["run"] / "test_users.npz").is_file()
     report = write_report(tmp_path / "out").read_text()
     assert "| pop |" in report and "| gru |" in report
+
+
+def test_blend_script_reproduces_both_ingredients_and_picks_w_on_valid(knn_run, synthetic_dir, tmp_path):
+    """scripts/blend_itemknn.py: w = 0 is the neural run's own evaluation, item-kNN's row its own."""
+    from hpcl4sr.evaluate import evaluate_model
+
+    neural = tmp_path / "comirec"
+    config = config_for_run("comirec-sa", [{"data": {"path": str(synthetic_dir)}, "model": {"dim": 16},
+                                            "train": {"device": "cpu", "threads": 1, "max_iters": 30,
+                                                      "eval_every": 30, "batch_size": 32}}])
+    train(config, neural, progress=False)
+    script = Path(__file__).parents[2] / "scripts" / "blend_itemknn.py"
+    done = subprocess.run([sys.executable, script, "--run", neural, "--knn", knn_run, "--weights", "0.5,2"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    blend = json.loads(done.stdout)
+    valid = blend["valid_recall@50"]
+    assert set(valid) == {"0.0", "0.5", "2.0", "itemknn"}
+    assert blend["chosen_weight"] == max((0.5, 2.0), key=lambda w: valid[str(w)])
+    _, dataset, model = load_run(neural, device="cpu")
+    # the model's own ranking, unchanged by adding 0 x item-kNN (whose padding column must not turn to nan)
+    assert blend["test"]["model"]["recall@50"] == pytest.approx(evaluate_model(model, dataset, "test")["recall@50"])
+    assert valid["0.0"] == pytest.approx(evaluate_model(model, dataset, "valid")["recall@50"])
+    stored = json.loads((knn_run / "test_metrics.json").read_text())
+    assert blend["test"]["itemknn"]["recall@50"] == pytest.approx(stored["recall@50"], abs=0.02)  # ties aside
