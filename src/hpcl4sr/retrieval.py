@@ -174,9 +174,15 @@ def topk_multi_interest(
             found_interest = [torch.cat(found_interest, dim=1).gather(1, index)]
     # Item order -> score descending, ties by the smaller item (a stable sort of an item-ordered list).
     scores, order = torch.sort(found_scores[0], dim=1, descending=True, stable=True)
-    kept = scores > -math.inf  # excluded items (and the padding of N < n) are never returned
-    items = found_items[0].gather(1, order).masked_fill(~kept, 0)
-    interest = found_interest[0].gather(1, order).masked_fill(~kept, -1)
+    return _empty_slots_marked(found_items[0].gather(1, order), scores, found_interest[0].gather(1, order), n)
+
+
+def _empty_slots_marked(items: torch.Tensor, scores: torch.Tensor, interest: torch.Tensor, n: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ranked list whose -inf entries (excluded items, nothing left to rank) become empty slots: item 0,
+    interest -1; padded the same way to n columns when fewer were found."""
+    kept = scores > -math.inf
+    items, interest = items.masked_fill(~kept, 0), interest.masked_fill(~kept, -1)
     if items.shape[1] < n:
         pad = n - items.shape[1]
         items = torch.nn.functional.pad(items, (0, pad), value=0)
@@ -216,16 +222,8 @@ def merge_interests(
     # Moving dropped entries (now -inf) behind the kept ones with a stable sort preserves the kept order.
     compact = torch.sort(scores.masked_fill(~keep, -math.inf), dim=1, descending=True, stable=True).indices
     compact = compact[:, :n]
-    kept = keep.gather(1, compact)
-    out_items = items.gather(1, compact).masked_fill(~kept, 0)
-    out_scores = scores.gather(1, compact).masked_fill(~kept, -math.inf)
-    out_interest = interest.gather(1, compact).masked_fill(~kept, -1)
-    if out_items.shape[1] < n:
-        pad = n - out_items.shape[1]
-        out_items = torch.nn.functional.pad(out_items, (0, pad), value=0)
-        out_scores = torch.nn.functional.pad(out_scores, (0, pad), value=-math.inf)
-        out_interest = torch.nn.functional.pad(out_interest, (0, pad), value=-1)
-    return out_items, out_scores, out_interest
+    kept_scores = scores.gather(1, compact).masked_fill(~keep.gather(1, compact), -math.inf)
+    return _empty_slots_marked(items.gather(1, compact), kept_scores, interest.gather(1, compact), n)
 
 
 @torch.no_grad()
