@@ -25,7 +25,7 @@ from hpcl4sr.experiment import read_results
 from hpcl4sr.experiment_file import SIMILARITY_USERS
 
 TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50")
-TESTED_METRICS = ("recall@50", "hr@50")
+TESTED_METRICS = ("recall@20", "recall@50", "hr@20", "hr@50")
 BOOTSTRAP_SAMPLES = 10_000
 
 
@@ -112,18 +112,23 @@ def _user_metrics(out: Path, runs: list[dict[str, Any]], metric: str) -> tuple[n
 
 
 def significance(out: Path, rows: dict[str, list[dict[str, Any]]], ours: str, baselines: list[str]) -> str:
-    """The paired test of `ours` against the best of `baselines` (by mean recall@50), as markdown lines."""
-    best = max(baselines, key=lambda row: _mean_std(rows[row], "recall@50")[0])
+    """The paired test of `ours` against every row of `baselines` (best mean recall@50 first), on each of
+    `TESTED_METRICS`, as a markdown table: the difference in points and its p-value."""
+    ordered = sorted(baselines, key=lambda row: -_mean_std(rows[row], "recall@50")[0])
     lines = [f"Paired bootstrap over test users ({BOOTSTRAP_SAMPLES:,} resamples; per-user metrics averaged "
-             f"over seeds), {ours} against the best baseline, {best}:", ""]
-    for metric in TESTED_METRICS:
-        users_a, a = _user_metrics(out, rows[ours], metric)
-        users_b, b = _user_metrics(out, rows[best], metric)
-        if not np.array_equal(users_a, users_b):
-            raise UserError(f"{ours} and {best} were tested on different users; compare runs of one dataset")
-        difference, p = paired_bootstrap(a, b)
-        lines.append(f"- {metric}: {ours} − {best} = {100 * difference:+.2f} points over {len(a):,} users, "
-                     f"p = {p:.4f}")
+             f"over seeds), {ours} minus each other row, points (p):", "",
+             "| against | " + " | ".join(TESTED_METRICS) + " |", "|---|" + "---|" * len(TESTED_METRICS)]
+    for other in ordered:
+        cells = []
+        for metric in TESTED_METRICS:
+            users_a, a = _user_metrics(out, rows[ours], metric)
+            users_b, b = _user_metrics(out, rows[other], metric)
+            if not np.array_equal(users_a, users_b):
+                raise UserError(f"{ours} and {other} were tested on different users; compare runs of one dataset")
+            difference, p = paired_bootstrap(a, b)
+            cells.append(f"{100 * difference:+.2f} ({p:.4f})")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    lines.append(f"\nOver {len(users_a):,} test users.")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,7 +50,16 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
     assert "## synthetic" in report and "Improv. (sa vs best baseline)" in report
     assert "Budget: at most 30 iterations of batch 32" in report
     assert report.count("**") >= 2 * 6  # one best per metric column
-    assert "recall@50: sa − gru" in report and "p = " in report
+    # sa against every other row on R@20, R@50, HR@20 and HR@50: "difference in points (p)"
+    tested = [line for line in report.splitlines() if line.startswith("| gru | ")][-1]  # after the metrics table
+    cells = tested.strip("| ").split(" | ")[1:]
+    assert len(cells) == 4 and all(re.fullmatch(r"[+-]\d+\.\d\d \(\d\.\d{4}\)", cell) for cell in cells), cells
+
+    def per_user(row: str) -> np.ndarray:
+        return np.mean([np.load(out / r["run"] / "test_users.npz")["recall@50"] for r in results if r["row"] == row],
+                       axis=0)
+
+    assert float(cells[1].split()[0]) == pytest.approx(100 * (per_user("sa") - per_user("gru")).mean(), abs=0.006)
     assert "The paper's figures" in report
     assert "figures/curves_synthetic.png" in report and (out / "figures/curves_synthetic.png").stat().st_size > 1000
     saved = np.load(out / results[0]["run"] / "test_users.npz")
