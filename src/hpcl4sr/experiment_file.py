@@ -8,7 +8,7 @@ An experiment file names a grid of (model or config) x dataset x seed x override
     seeds:     [1, 2, 3]
     set:       {section.key: value}           applied to every cell (e.g. the iteration budget)
     sweep:     {section.key: [v1, v2, ...]}   optional: each key varied alone, the others at default
-    ours:      row name or [row, ...]         optional: our rows, each compared with the best row not in ours
+    ours:      row name or [row, ...]         optional: our rows, each compared with the rows not in ours
     paper:     dataset -> row -> metric -> % optional: the paper's figures, printed beside ours
     similarity: {users: 128}                  optional: draw the paper's Figure 1 for these rows
 

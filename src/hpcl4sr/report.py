@@ -4,7 +4,8 @@ Reads OUT/experiment.json and OUT/results.jsonl (written by `experiment run`) an
 with, per dataset, a table in the layout of the paper's Tables 2 and 3 (mean ± std over seeds in
 percent, best bold, second underlined, and the relative improvement of each of `ours` over the best
 baseline, i.e. the best row not in `ours`), the paper's own figures where the experiment file gives them,
-a paired significance test between each of `ours` and that baseline, the sweep figures (Figures 4 and 5:
+a paired significance test of each of `ours` against every baseline row on R@20, R@50, HR@20 and HR@50,
+the sweep figures (Figures 4 and 5:
 NDCG@50 against each swept value)
 and the interest-similarity histogram (Figure 1) from the samples the cells recorded.
 """
