@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from hpcl4sr.data.dataset import Batch, SequenceDataset
+from hpcl4sr.errors import UserError
 from hpcl4sr.metrics import batch_metric_values
 from hpcl4sr.models.base import SequentialRecommender
 from hpcl4sr.run import load_run
@@ -53,7 +55,9 @@ def blended_metrics(model: SequentialRecommender, knn: SequentialRecommender, da
     """Mean metrics of model + w x knn over the split's users for each w (math.inf: item-kNN alone)."""
     sums: dict[float, dict[str, float]] = {weight: {} for weight in weights}
     users = 0
-    for batch in dataset.eval_batches(split, batch_size, model.max_len):
+    batches = dataset.eval_batches(split, batch_size, model.max_len)
+    total = -(-len(dataset.eval_users(split)) // batch_size)
+    for batch in tqdm(batches, total=total, desc=f"blend {split}", leave=False):
         neural, neighbours = every_item_scores(model, batch), every_item_scores(knn, batch)
         users += len(batch.history)
         for weight in weights:
@@ -76,8 +80,13 @@ def main() -> None:
     if not weights or any(w < 0 for w in weights):
         parser.error("--weights: expected comma-separated numbers >= 0")
     torch.manual_seed(0)
-    _, dataset, model = load_run(args.run, device="cpu")
-    _, knn_dataset, knn = load_run(args.knn, device="cpu")
+    try:
+        _, dataset, model = load_run(args.run, device="cpu")
+        _, knn_dataset, knn = load_run(args.knn, device="cpu")
+    except UserError as err:  # a missing or damaged run: one line, as the CLI's errors
+        parser.exit(2, f"error: {err}\n")
+    if model.fitted or not knn.fitted or knn.name != "itemknn":
+        parser.error(f"--run must be a trained neural run and --knn an itemknn run, got {model.name} and {knn.name}")
     if not np.array_equal(dataset.split_users["test"], knn_dataset.split_users["test"]) or model.max_len != knn.max_len:
         parser.error(f"--knn: {args.knn} was fitted on another dataset or history length than {args.run}")
     valid = blended_metrics(model, knn, dataset, "valid", [0.0, *weights, math.inf], args.batch_size)
