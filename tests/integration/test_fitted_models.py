@@ -126,6 +126,7 @@ def test_blend_script_reproduces_both_ingredients_and_picks_w_on_valid(knn_run, 
     assert valid["0.0"] == pytest.approx(evaluate_model(model, dataset, "valid")["recall@50"])
     stored = json.loads((knn_run / "test_metrics.json").read_text())
     assert blend["test"]["itemknn"]["recall@50"] == pytest.approx(stored["recall@50"], abs=0.02)  # ties aside
-    swapped = subprocess.run([sys.executable, script, "--run", knn_run, "--knn", neural], capture_output=True, text=True)
+    swapped = subprocess.run([sys.executable, script, "--run", knn_run, "--knn", neural], capture_output=True,
+                             text=True)
     assert swapped.returncode == 2 and "--run must be a trained neural run" in swapped.stderr
     assert "Traceback" not in swapped.stderr
