@@ -56,8 +56,8 @@ def blended_metrics(model: SequentialRecommender, knn: SequentialRecommender, da
     sums: dict[float, dict[str, float]] = {weight: {} for weight in weights}
     users = 0
     batches = dataset.eval_batches(split, batch_size, model.max_len)
-    total = -(-len(dataset.eval_users(split)) // batch_size)
-    for batch in tqdm(batches, total=total, desc=f"blend {split}", leave=False):
+    n_batches = -(-len(dataset.eval_users(split)) // batch_size)
+    for batch in tqdm(batches, total=n_batches, desc=f"blend {split}", leave=False):
         neural, neighbours = every_item_scores(model, batch), every_item_scores(knn, batch)
         users += len(batch.history)
         for weight in weights:
@@ -66,7 +66,7 @@ def blended_metrics(model: SequentialRecommender, knn: SequentialRecommender, da
             ranked = scores.topk(max(CUTOFFS), dim=1).indices
             for key, values in batch_metric_values(ranked, batch.targets, CUTOFFS).items():
                 sums[weight][key] = sums[weight].get(key, 0.0) + float(values.sum())
-    return {weight: {key: total / users for key, total in metrics.items()} for weight, metrics in sums.items()}
+    return {weight: {key: value / users for key, value in metrics.items()} for weight, metrics in sums.items()}
 
 
 def main() -> None:

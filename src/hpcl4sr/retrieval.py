@@ -47,17 +47,16 @@ def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     rows, width = scores.shape
     if k >= width:
         return scores.clone(), torch.arange(width, device=scores.device).expand_as(scores)
-    block = BLOCK
-    if width >= 16 * block * k:  # below that the extra calls cost more than the narrower topk saves
-        n_blocks = width // block
-        head = scores[:, : n_blocks * block].view(rows, n_blocks, block)
+    if width >= 16 * BLOCK * k:  # below that the extra calls cost more than the narrower topk saves
+        n_blocks = width // BLOCK
+        head = scores[:, : n_blocks * BLOCK].view(rows, n_blocks, BLOCK)
         _, picked = _chunk_topk(head.amax(dim=2), k)
-        # The tail (fewer than ``block`` columns past the last whole block) always competes, as block n_blocks.
+        # The tail (fewer than BLOCK columns past the last whole block) always competes, as block n_blocks.
         in_picked = head[torch.arange(rows, device=scores.device)[:, None], picked].flatten(1)
-        candidates = torch.cat([in_picked, scores[:, n_blocks * block :]], dim=1)
+        candidates = torch.cat([in_picked, scores[:, n_blocks * BLOCK :]], dim=1)
         picked = torch.cat([picked, torch.full_like(picked[:, :1], n_blocks)], dim=1)
         values, position = _chunk_topk(candidates, k)
-        return values, picked.gather(1, position // block) * block + position % block
+        return values, picked.gather(1, position // BLOCK) * BLOCK + position % BLOCK
     values, index = torch.topk(scores, k + 1, dim=1)
     tied = (values[:, k - 1] == values[:, k]).nonzero().squeeze(1)
     values, index = values[:, :k], index[:, :k]
