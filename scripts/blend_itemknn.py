@@ -28,14 +28,15 @@ from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.metrics import batch_metric_values
 from hpcl4sr.models.base import SequentialRecommender
+from hpcl4sr.retrieval import topk_rows
 from hpcl4sr.run import load_run
 
 CUTOFFS = (20, 50)
 
 
 def every_item_scores(model: SequentialRecommender, batch: Batch) -> torch.Tensor:
-    """[B, N + 1] scores of every item id as the model ranks them; column 0 (padding) is 0, for the caller
-    to mask once the scores are blended (a -inf there would make 0 x -inf = nan)."""
+    """[B, N + 1] scores of every item id as the model ranks them; column 0 (padding) is 0 and never ranked
+    (a -inf there would make 0 x -inf = nan in the blend)."""
     if model.fitted:  # the fitted baselines score columns in popularity order
         by_column = model.column_scores(batch.history, batch.mask)
         scores = torch.empty_like(by_column)
@@ -52,7 +53,9 @@ def every_item_scores(model: SequentialRecommender, batch: Batch) -> torch.Tenso
 @torch.no_grad()
 def blended_metrics(model: SequentialRecommender, knn: SequentialRecommender, dataset: SequenceDataset,
                     split: str, weights: list[float], batch_size: int) -> dict[float, dict[str, float]]:
-    """Mean metrics of model + w x knn over the split's users for each w (math.inf: item-kNN alone)."""
+    """Mean metrics of model + w x knn over the split's users for each w (math.inf: item-kNN alone). Equal
+    scores go to the more popular item, as item-kNN's own ranking breaks them, so w = inf is item-kNN's run."""
+    by_popularity = knn.column_items[: knn.n_items]  # every item id, most popular first
     sums: dict[float, dict[str, float]] = {weight: {} for weight in weights}
     users = 0
     batches = dataset.eval_batches(split, batch_size, model.max_len)
@@ -61,9 +64,8 @@ def blended_metrics(model: SequentialRecommender, knn: SequentialRecommender, da
         neural, neighbours = every_item_scores(model, batch), every_item_scores(knn, batch)
         users += len(batch.history)
         for weight in weights:
-            scores = neighbours.clone() if weight == math.inf else neural + weight * neighbours
-            scores[:, 0] = -math.inf
-            ranked = scores.topk(max(CUTOFFS), dim=1).indices
+            scores = neighbours if weight == math.inf else neural + weight * neighbours
+            ranked = by_popularity[topk_rows(scores[:, by_popularity], max(CUTOFFS))[1]]
             for key, values in batch_metric_values(ranked, batch.targets, CUTOFFS).items():
                 sums[weight][key] = sums[weight].get(key, 0.0) + float(values.sum())
     return {weight: {key: value / users for key, value in metrics.items()} for weight, metrics in sums.items()}

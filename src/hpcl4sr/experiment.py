@@ -103,12 +103,14 @@ def cell_config(cell: Cell, data: Path, extra: dict[str, Any] | None = None) -> 
 
 def _result_fields(config: RunConfig, out: Path) -> dict[str, Any]:
     """What decides a run's results, flattened to `section.key`: the config less the speed-only settings,
-    with a dataset inside OUT named relative to it (so a moved experiment directory keeps its cells)."""
+    with a dataset inside OUT named relative to it (so a moved experiment directory keeps its cells). A
+    fitted model reads no train setting but the seed, so a grid's budget never makes it another cell."""
     resolved = config.to_dict()
     fields = {"model_name": resolved.pop("model_name")}
+    fitted = model_class(config.model_name).fitted
     for section, values in resolved.items():
         fields.update({f"{section}.{key}": value for key, value in values.items()
-                       if not (section == "train" and key in SPEED_ONLY)})
+                       if not (section == "train" and (key in SPEED_ONLY or (fitted and key != "seed")))})
     data = Path(fields["data.path"]).resolve()
     fields["data.path"] = str(data)
     if data.is_relative_to(out.resolve()):

@@ -13,6 +13,7 @@ import yaml
 
 from hpcl4sr import train as train_module
 from hpcl4sr.data.dataset import SequenceDataset
+from hpcl4sr.errors import UserError
 from hpcl4sr.experiment import run_experiment
 from hpcl4sr.experiment_file import load_experiment
 from hpcl4sr.report import write_report
@@ -89,18 +90,33 @@ def test_selection_never_reads_the_test_split(synthetic_dir, tmp_path, monkeypat
     assert splits == ["valid", "valid", "test"]  # the test split once, after the choice
 
 
-def test_an_experiment_grid_mixes_fitted_and_trained_rows(synthetic_dir, tmp_path):
+def grid_file(tmp_path: Path, data: Path, models: dict, max_iters: int) -> Path:
     file = tmp_path / "experiment.yaml"
     file.write_text(yaml.safe_dump({
-        "datasets": {"synthetic": {"path": str(synthetic_dir)}}, "seeds": [1],
-        "models": {"pop": {"model": "pop"}, "gru": {"model": "gru4rec"}}, "ours": "gru",
-        "set": {"train.max_iters": 20, "train.eval_every": 10, "train.batch_size": 32, "train.device": "cpu"},
+        "datasets": {"synthetic": {"path": str(data)}}, "seeds": [1], "models": models, "ours": list(models)[-1],
+        "set": {"train.max_iters": max_iters, "train.eval_every": 10, "train.batch_size": 32,
+                "train.device": "cpu"},
     }, sort_keys=False))
-    results = run_experiment(load_experiment(file), tmp_path / "out", progress=False)
+    return file
+
+
+def test_an_experiment_grid_mixes_fitted_and_trained_rows(synthetic_dir, tmp_path):
+    models = {"pop": {"model": "pop"}, "gru": {"model": "gru4rec"}}
+    results = run_experiment(load_experiment(grid_file(tmp_path, synthetic_dir, models, 20)), tmp_path / "out",
+                             progress=False)
     assert [r["cell"] for r in results] == ["synthetic/pop/s1", "synthetic/gru/s1"]
     assert (tmp_path / "out" / results[0]["run"] / "test_users.npz").is_file()
     report = write_report(tmp_path / "out").read_text()
     assert "| pop |" in report and "| gru |" in report
+
+    # Fitting reads no train setting but the seed: another budget leaves the fitted cell as it is ...
+    again = run_experiment(load_experiment(grid_file(tmp_path, synthetic_dir, {"pop": models["pop"]}, 30)),
+                           tmp_path / "out", progress=False)
+    assert again == results
+    # ... and still makes the trained row another cell.
+    with pytest.raises(UserError, match="train.max_iters=20"):
+        run_experiment(load_experiment(grid_file(tmp_path, synthetic_dir, models, 30)), tmp_path / "out",
+                       progress=False)
 
 
 def test_blend_script_reproduces_both_ingredients_and_picks_w_on_valid(knn_run, synthetic_dir, tmp_path):
@@ -125,7 +141,8 @@ def test_blend_script_reproduces_both_ingredients_and_picks_w_on_valid(knn_run, 
     assert blend["test"]["model"]["recall@50"] == pytest.approx(evaluate_model(model, dataset, "test")["recall@50"])
     assert valid["0.0"] == pytest.approx(evaluate_model(model, dataset, "valid")["recall@50"])
     stored = json.loads((knn_run / "test_metrics.json").read_text())
-    assert blend["test"]["itemknn"]["recall@50"] == pytest.approx(stored["recall@50"], abs=0.02)  # ties aside
+    for metric in ("recall@20", "recall@50", "hr@20", "hr@50"):  # equal scores broken as item-kNN breaks them
+        assert blend["test"]["itemknn"][metric] == pytest.approx(stored[metric], abs=1e-9)
     swapped = subprocess.run([sys.executable, script, "--run", knn_run, "--knn", neural], capture_output=True,
                              text=True)
     assert swapped.returncode == 2 and "--run must be a trained neural run" in swapped.stderr
