@@ -177,8 +177,9 @@ def test_inconsistent_variant_is_refused():
         config_for_run("hpcl4sr", [{"model": {"high_level": False}}])
 
 
-def test_attention_low_extractor_ignores_padding(synthetic_dir):
-    config = config_for_run("hpcl4sr", [{"model": {"low_extractor": "attention"}}])
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_attention_low_extractor_ignores_padding(synthetic_dir, self_attention):
+    config = config_for_run("hpcl4sr", [{"model": {"low_extractor": "attention", "self_attention": self_attention}}])
     data = SequenceDataset(synthetic_dir)
     torch.manual_seed(0)
     model = build_model(config, data, 20).eval()
@@ -189,6 +190,25 @@ def test_attention_low_extractor_ignores_padding(synthetic_dir):
         clean, noisy = model.interests(batch), model.interests(dataclasses.replace(batch, history=garbage))
     assert clean.shape == (8, config.model.interests, config.model.dim)
     torch.testing.assert_close(clean, noisy)
+
+
+def test_without_self_attention_the_attention_extractor_is_comirec_sa(synthetic_dir):
+    """self_attention: false skips eq. 8-9, so P_u by the attention extractor is ComiRec-SA's (and REMI's)
+    interests computed from the same weights."""
+    config = config_for_run("hpcl4sr", [{"model": {"low_extractor": "attention", "self_attention": False,
+                                                   "high_level": False, "lambda_cl": 0.0, "serve": "low"}}])
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    ours = build_model(config, data, 20).eval()
+    assert not hasattr(ours, "context")
+    theirs = build_model(config_for_run("comirec-sa", [{}]), data, 20).eval()
+    theirs.item_embedding.load_state_dict(ours.item_embedding.state_dict())
+    theirs.attention.load_state_dict(ours.low_attention.state_dict())
+    with torch.no_grad():
+        theirs.position_embedding.copy_(ours.position_embedding)
+    batch = TrainSampler(data, 8, 20, 4, seed=1).sample()
+    with torch.no_grad():
+        torch.testing.assert_close(ours.interests(batch), theirs.interests(batch))
 
 
 def test_cl_warmup_ramps_lambda2_from_zero_by_step(synthetic_dir):

@@ -172,6 +172,9 @@ class HPCL4SRConfig(ModelConfig):
             they start alike and the contrast (whose negatives are the user's other interests) pushes hard.
         low_extractor: capsule (P_u by dynamic routing, eq. 10, the paper) | attention (ComiRec-SA's K-head
             attention over Z, aggregating the item embeddings; a departure, docs/design-notes.md).
+        self_attention: Z is eq. 8-9's self-attention and context layer over eq. 7's embeddings (true, the
+            paper); false gives the extractor and the classifier eq. 7's item + position embeddings as they
+            are, as ComiRec and REMI do (a departure, measured in experiments/plus_beauty.yaml).
         high_level: the category-graph path (eq. 1-6); false for the `base` variants.
         high_pool: attention (W of eq. 6 is a masked K-head attention) | linear (a learned K x N matrix).
         fusion: mlp (eq. 13) | add | mul (Table 3's ablations).
@@ -194,6 +197,7 @@ class HPCL4SRConfig(ModelConfig):
     cl_warmup: int = 0
     fusion_bias: str = "default"
     low_extractor: str = "capsule"
+    self_attention: bool = True
     high_level: bool = True
     high_pool: str = "attention"
     fusion: str = "mlp"
@@ -245,7 +249,8 @@ class HPCL4SR(SequentialRecommender):
                              persistent=False)
         # Low-level path (eq. 7-10).
         self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * dim**-0.5)
-        self.context = nn.Linear(dim, dim)
+        if config.self_attention:
+            self.context = nn.Linear(dim, dim)
         if config.low_extractor == "capsule":
             # REMI's regulariser (`cr`) needs a coupling that carries a gradient; the plain routing's has none.
             self.routing = CapsuleRouting(dim, config.interests, config.routing_iterations,
@@ -371,8 +376,9 @@ class HPCL4SR(SequentialRecommender):
         """
         mask = batch.mask
         features = self.item_embedding(batch.history) + self.position_embedding[: mask.shape[1]]  # eq. 7
-        scores = (features @ features.transpose(1, 2)).masked_fill(~mask[:, None, :], NEG_INF)  # eq. 8
-        features = self.context(features + torch.softmax(scores, dim=-1) @ features)  # eq. 9
+        if self.config.self_attention:
+            scores = (features @ features.transpose(1, 2)).masked_fill(~mask[:, None, :], NEG_INF)  # eq. 8
+            features = self.context(features + torch.softmax(scores, dim=-1) @ features)  # eq. 9
         if self.config.low_extractor == "capsule":
             interests, coupling = self.routing(features, mask)  # eq. 10
         else:
