@@ -211,6 +211,18 @@ def test_without_self_attention_the_attention_extractor_is_comirec_sa(synthetic_
         torch.testing.assert_close(ours.interests(batch), theirs.interests(batch))
 
 
+def test_residual_fusion_starts_at_p_and_learns_from_q(synthetic_dir):
+    config = config_for_run("hpcl4sr", [{"model": {"fusion": "residual"}}])
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    model = build_model(config, data, 20)
+    batch = TrainSampler(data, 8, 20, 4, seed=1).sample()
+    parts = model.parts(batch)
+    torch.testing.assert_close(parts["fused"], parts["low"])  # eq. 13's layer starts at zero
+    model.loss(batch)["total"].backward()
+    assert model.fusion.weight.grad.abs().sum() > 0  # ... and the loss moves it
+
+
 def test_cl_warmup_ramps_lambda2_from_zero_by_step(synthetic_dir):
     config = config_for_run("hpcl4sr", [{"model": {"cl_warmup": 100, "lambda_cl": 2.0}}])
     data = SequenceDataset(synthetic_dir)

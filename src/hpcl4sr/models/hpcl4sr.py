@@ -177,7 +177,9 @@ class HPCL4SRConfig(ModelConfig):
             are, as ComiRec and REMI do (a departure, measured in experiments/plus_beauty.yaml).
         high_level: the category-graph path (eq. 1-6); false for the `base` variants.
         high_pool: attention (W of eq. 6 is a masked K-head attention) | linear (a learned K x N matrix).
-        fusion: mlp (eq. 13) | add | mul (Table 3's ablations).
+        fusion: mlp (eq. 13) | add | mul (Table 3's ablations) | residual (P + eq. 13's layer started at
+            zero: M_u begins as P_u and takes from Q_u only what the loss asks for; a departure, measured
+            in experiments/plus_beauty.yaml, where serving eq. 13's M_u costs half the recall).
         class_mode: supervised | reversed (a gradient-reversal layer before the classifier).
         routing_reg: weight of REMI's routing regulariser on the coupling (the `cr` variant).
         beta: hardness of REMI's interest-aware hard negatives in eq. 19's sampled softmax (each negative's
@@ -208,7 +210,7 @@ class HPCL4SRConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        choices = {"high_pool": ("attention", "linear"), "fusion": ("mlp", "add", "mul"),
+        choices = {"high_pool": ("attention", "linear"), "fusion": ("mlp", "add", "mul", "residual"),
                    "low_extractor": ("capsule", "attention"),
                    "class_mode": ("supervised", "reversed"), "serve": ("fused", "low"),
                    "fusion_bias": ("default", "zero")}
@@ -270,10 +272,12 @@ class HPCL4SR(SequentialRecommender):
                 self.high_pool = MultiInterestSelfAttention(dim, config.interests)
             else:
                 self.high_pool_weights = nn.Parameter(torch.randn(config.interests, max_len) * max_len**-0.5)
-            if config.fusion == "mlp":
+            if config.fusion in ("mlp", "residual"):
                 self.fusion = nn.Linear(2 * dim, dim)
-                if config.fusion_bias == "zero":
+                if config.fusion_bias == "zero" or config.fusion == "residual":
                     nn.init.zeros_(self.fusion.bias)
+                if config.fusion == "residual":
+                    nn.init.zeros_(self.fusion.weight)
         # lambda2's share of its full value this step (the warm-up); a tensor, so torch.compile never recompiles
         self.register_buffer("cl_ramp", torch.ones(()), persistent=False)
 
@@ -387,12 +391,14 @@ class HPCL4SR(SequentialRecommender):
         return interests, features, coupling
 
     def fuse(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        """M_u (eq. 13): one Linear(2d -> d) shared over the K interests, or the add / mul ablations."""
+        """M_u (eq. 13): one Linear(2d -> d) shared over the K interests, the add / mul ablations, or P_u plus
+        that layer (residual)."""
         if self.config.fusion == "add":
             return high + low
         if self.config.fusion == "mul":
             return high * low
-        return self.fusion(torch.cat([high, low], dim=-1))
+        fused = self.fusion(torch.cat([high, low], dim=-1))
+        return low + fused if self.config.fusion == "residual" else fused
 
     def parts(self, batch: Batch) -> dict[str, torch.Tensor]:
         low, routing_inputs, coupling = self.low_level(batch)
