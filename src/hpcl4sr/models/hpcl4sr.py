@@ -17,7 +17,9 @@ The paper's Table 3 variants are configs under configs/hpcl4sr/, not code forks:
 drops the graph path (the `base` models use P_u directly), `fusion` swaps eq. 13 for Q + P or Q * P,
 `routing_reg` adds REMI's routing regulariser on the capsule coupling (the `cr` variant, with
 `lambda_cl: 0`), `margin: 0` is the w/o-m ablation. `beta` (REMI's hard negatives) and the base class's
-`repeat` are not the paper's: they belong to HPCL4SR+ (configs/hpcl4sr/plus.yaml).
+`repeat` are not the paper's: they belong to HPCL4SR+ (configs/hpcl4sr/plus.yaml). `low_extractor:
+attention`, `self_attention: false` and `fusion: residual` are not the paper's either: probes that locate
+its deficits against REMI (docs/results.md, "What holds HPCL4SR+ back"), off by default.
 """
 
 from __future__ import annotations
@@ -178,8 +180,8 @@ class HPCL4SRConfig(ModelConfig):
         high_level: the category-graph path (eq. 1-6); false for the `base` variants.
         high_pool: attention (W of eq. 6 is a masked K-head attention) | linear (a learned K x N matrix).
         fusion: mlp (eq. 13) | add | mul (Table 3's ablations) | residual (P + eq. 13's layer started at
-            zero: M_u begins as P_u and takes from Q_u only what the loss asks for; a departure, measured
-            in experiments/plus_beauty.yaml, where serving eq. 13's M_u costs half the recall).
+            zero: M_u begins as P_u and takes from Q_u only what training asks for; a departure, measured
+            in experiments/plus_beauty.yaml and plus_recipe.yaml, where it did not help).
         class_mode: supervised | reversed (a gradient-reversal layer before the classifier).
         routing_reg: weight of REMI's routing regulariser on the coupling (the `cr` variant).
         beta: hardness of REMI's interest-aware hard negatives in eq. 19's sampled softmax (each negative's
