@@ -5,9 +5,8 @@ with, per dataset, a table in the layout of the paper's Tables 2 and 3 (mean ± 
 percent, best bold, second underlined, and the relative improvement of each of `ours` over the best
 baseline, i.e. the best row not in `ours`), the paper's own figures where the experiment file gives them,
 a paired significance test of each of `ours` against every baseline row on R@20, R@50, HR@20 and HR@50,
-the sweep figures (Figures 4 and 5:
-NDCG@50 against each swept value)
-and the interest-similarity histogram (Figure 1) from the samples the cells recorded.
+the sweep figures (Figures 4 and 5: NDCG@50 against each swept value) and the interest-similarity
+histogram (Figure 1) from the samples the cells recorded.
 """
 
 from __future__ import annotations
@@ -119,17 +118,18 @@ def significance(out: Path, rows: dict[str, list[dict[str, Any]]], ours: str, ba
     lines = [f"Paired bootstrap over test users ({BOOTSTRAP_SAMPLES:,} resamples; per-user metrics averaged "
              f"over seeds), {ours} minus each other row, points (p):", "",
              "| against | " + " | ".join(TESTED_METRICS) + " |", "|---|" + "---|" * len(TESTED_METRICS)]
+    mine = {metric: _user_metrics(out, rows[ours], metric) for metric in TESTED_METRICS}  # read once
     for other in ordered:
         cells = []
         for metric in TESTED_METRICS:
-            users_a, a = _user_metrics(out, rows[ours], metric)
+            users_a, a = mine[metric]
             users_b, b = _user_metrics(out, rows[other], metric)
             if not np.array_equal(users_a, users_b):
                 raise UserError(f"{ours} and {other} were tested on different users; compare runs of one dataset")
             difference, p = paired_bootstrap(a, b)
             cells.append(f"{100 * difference:+.2f} ({p:.4f})")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
-    lines.append(f"\nOver {len(users_a):,} test users.")
+    lines.append(f"\nOver {len(mine[TESTED_METRICS[0]][0]):,} test users.")
     return "\n".join(lines)
 
 
