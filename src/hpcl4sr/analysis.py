@@ -17,6 +17,8 @@ from hpcl4sr.data.dataset import Batch, SequenceDataset
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import SequentialRecommender
 
+FITTED_STYLES = ("--", ":", "-.")  # a fitted model's level in the curves figure, one style per level
+
 
 @torch.no_grad()
 def interest_similarities(
@@ -211,6 +213,7 @@ def plot_valid_curves(runs: list[Path], out: Path, metric: str = "recall@50", ti
     figure, axes = plt.subplots(rows, columns, figsize=(7.0 if columns == 1 else 3.6 * columns, 4.4 * rows if rows == 1
                                                         else 3.2 * rows), squeeze=False, sharex=True)
     summaries = []
+    fitted_levels: dict[object, int] = {}  # axis -> fitted levels drawn on it so far
     for key, members in groups.items():
         axis = axes.flat[panels.index(models[key]) if panel_per_model else 0]
         curves = [valid_curve(run, metric) for run in members]
@@ -222,7 +225,12 @@ def plot_valid_curves(runs: list[Path], out: Path, metric: str = "recall@50", ti
         label = run_label(members[0])
         seeds = f"{len(members)} seed{'s' * (len(members) > 1)}"
         if common.tolist() == [0]:  # fitted, not trained: the bar a trained model must clear, as a level
-            axis.axhline(mean[0], linestyle="--", linewidth=1.2, color="grey", label=f"{label} (fitted, {seeds})")
+            # named on the line itself too: three grey levels are otherwise told apart only by the legend
+            style = FITTED_STYLES[fitted_levels.setdefault(axis, 0) % len(FITTED_STYLES)]
+            fitted_levels[axis] += 1
+            axis.axhline(mean[0], linestyle=style, linewidth=1.2, color="grey", label=f"{label} (fitted, {seeds})")
+            axis.text(0.99, mean[0], label, transform=axis.get_yaxis_transform(), ha="right", va="bottom",
+                      fontsize=7, color="dimgrey")
             summaries.append({"label": label, "model": models[key], "runs": len(members), "best_step": 0,
                               f"best_{metric}": round(float(mean[0]), 2), "last_step": 0,
                               f"last_{metric}": round(float(mean[0]), 2)})
