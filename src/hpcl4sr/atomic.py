@@ -97,10 +97,11 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a staging directory that becomes `out` when the block finishes; `out` must not exist."""
+def atomic_directory(out: Path, option: str = "--out") -> Iterator[Path]:
+    """Yield a staging directory that becomes `out` when the block finishes; `out` (given by `option`)
+    must not exist."""
     out = Path(out)
-    check_new_output(out, "--out")
+    check_new_output(out, option)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
     staging = out.with_name(_staging_name(out.name))

@@ -416,6 +416,22 @@ def experiment_report(
     typer.echo(f"wrote {write_report(out)}")
 
 
+@experiment_app.command("archive")
+def experiment_archive(
+    out: Annotated[Path, typer.Argument(help="Experiment directory written by `experiment run`.")],
+    archive: Annotated[Path, typer.Argument(help="New directory for the copy (must not exist).")],
+) -> None:
+    """Copy an experiment's finished cells without checkpoints or prepared data (tens of KB a cell).
+
+    `experiment report ARCHIVE` reads the copy; `experiment run FILE --out ARCHIVE` goes on with the cells
+    it lacks (and prepares the data again), so a long grid can move from one machine to the next.
+    """
+    from hpcl4sr.experiment import archive_experiment
+
+    cells = archive_experiment(out, archive)
+    typer.echo(f"archived {cells} finished cells of {out} into {archive}")
+
+
 @experiment_app.command("case")
 def experiment_case(
     run: Annotated[list[Path], typer.Option(help="Run directory; repeat to compare models.")],

@@ -17,6 +17,10 @@ this cell's result; the run is refused before any work and its results line repl
 Several runners may work on one directory at once (e.g. one per core or per GPU): each cell is held by
 an advisory lock that dies with its process, so a runner skips the cells another one is training.
 `run_with_runners` starts them and waits for them (`experiment run --runners N`).
+
+`archive_experiment` keeps a grid's results without its checkpoints and prepared data (tens of kilobytes a
+cell): the report reads the archive as it reads OUT, and `experiment run` with the archive as OUT goes on
+with the cells it lacks, so a grid longer than one machine's lifetime can be carried over in pieces.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hpcl4sr.atomic import atomic_output, check_writable_parent, exclusive_lock, write_text
+from hpcl4sr.atomic import atomic_directory, atomic_output, check_writable_parent, exclusive_lock, write_text
 from hpcl4sr.config import SPEED_ONLY, RunConfig
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment_file import Cell, DatasetSpec, Experiment
@@ -177,7 +181,7 @@ def _record_test_outputs(run: Path, similarity_users: int | None) -> None:
         users = dataset.eval_users("test")
         values = user_metrics(model, dataset, "test", config.train.eval_batch_size, users=users)
         with atomic_output(target) as temporary, temporary.open("wb") as file:
-            np.savez(file, users=users, **values)
+            np.savez_compressed(file, users=users, **values)  # a quarter of the size: most users score 0
     if similarity:
         record_interest_similarities(run, model, dataset, similarity_users)
 
@@ -197,6 +201,36 @@ def _record_result(out: Path, cell: Cell, run: Path, key: str) -> None:
                   "run": str(run.relative_to(out)), "metrics": json.loads((run / "test_metrics.json").read_text())}
         with (out / "results.jsonl").open("a") as file:  # one line per write: a kill leaves whole lines
             file.write(json.dumps(result) + "\n")
+
+
+def archive_experiment(out: Path, archive: Path) -> int:
+    """Copy what the report reads of `out` into the new directory `archive`: experiment.json, results.jsonl
+    and each finished cell's config, metrics log and test outputs, not its checkpoints nor the prepared
+    data. Returns the number of cells. Unfinished cells are left out (a grid run on the archive starts
+    them afresh)."""
+    from hpcl4sr.analysis import SIMILARITY_FILE
+
+    out = Path(out)
+    if not (out / "experiment.json").is_file():
+        raise UserError(f"{out}: not an experiment directory (no experiment.json); expected the --out of "
+                        "`hpcl4sr experiment run`")
+    with exclusive_lock(out / ".results.lock", wait=True):  # no runner appends a line while we copy
+        results = read_results(out)
+        if not results:
+            raise UserError(f"{out}/results.jsonl: no finished cell yet")
+        with atomic_directory(archive, "archive") as staging:
+            for run in sorted({result["run"] for result in results}):  # a sweep's twins share one run
+                (staging / run).mkdir(parents=True)
+                for name in ("config.yaml", "metrics.jsonl", "test_metrics.json", "test_users.npz",
+                             SIMILARITY_FILE):
+                    if (out / run / name).is_file():
+                        shutil.copy2(out / run / name, staging / run / name)
+                if not (staging / run / "test_users.npz").is_file():
+                    raise UserError(f"{out / run}: a finished cell without test_users.npz; rerun "
+                                    "`hpcl4sr experiment run` on it to record it")
+            shutil.copy2(out / "experiment.json", staging / "experiment.json")
+            shutil.copy2(out / "results.jsonl", staging / "results.jsonl")
+    return len(results)
 
 
 def prepare_datasets(experiment: Experiment, out: Path) -> dict[str, Path]:

@@ -18,7 +18,7 @@ import yaml
 from hpcl4sr.analysis import case_study, interest_similarities
 from hpcl4sr.data.dataset import SequenceDataset
 from hpcl4sr.errors import UserError
-from hpcl4sr.experiment import read_results, run_experiment
+from hpcl4sr.experiment import archive_experiment, read_results, run_experiment
 from hpcl4sr.experiment_file import load_experiment
 from hpcl4sr.report import _grouped, _swept_default, metrics_table, paired_bootstrap, write_report
 
@@ -64,6 +64,29 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
     assert "figures/curves_synthetic.png" in report and (out / "figures/curves_synthetic.png").stat().st_size > 1000
     saved = np.load(out / results[0]["run"] / "test_users.npz")
     assert saved["recall@50"].mean() == pytest.approx(results[0]["metrics"]["recall@50"], rel=1e-12)
+
+
+def test_an_archive_keeps_results_without_checkpoints_and_the_grid_goes_on_from_it(synthetic_dir, tmp_path):
+    file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, ours="sa")
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    run_experiment(load_experiment(file).with_seeds([1]), out, progress=False)
+    (out / "runs/synthetic/sa/s2").mkdir()  # an unfinished cell: not archived
+    assert archive_experiment(out, archive) == 1
+    kept = sorted(path.relative_to(archive).as_posix() for path in archive.rglob("*") if path.is_file())
+    assert kept == ["experiment.json", "results.jsonl", *(f"runs/synthetic/sa/s1/{name}" for name in (
+        "config.yaml", "metrics.jsonl", "test_metrics.json", "test_users.npz"))]
+    assert "| sa |" in write_report(archive).read_text()
+
+    results = run_experiment(load_experiment(file), archive, progress=False)  # seeds 1 and 2
+    assert [result["cell"] for result in results] == ["synthetic/sa/s1", "synthetic/sa/s2"]
+    assert results[0] == read_results(out)[0]
+    assert not (archive / "runs/synthetic/sa/s1/best.pt").exists()  # the archived cell was not retrained
+    assert (archive / "runs/synthetic/sa/s2/best.pt").is_file()
+    with pytest.raises(UserError, match="archive .*already exists"):
+        archive_experiment(out, archive)
+    with pytest.raises(UserError, match="not an experiment directory"):
+        archive_experiment(tmp_path / "runs", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_each_of_our_rows_is_compared_with_the_best_baseline_not_with_each_other():
