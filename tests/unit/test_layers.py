@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hpcl4sr.models.layers import (
+    CrossEntropyWithoutDenormals,
     full_softmax_loss,
     hard_readout,
     log_uniform_probability,
@@ -83,3 +84,31 @@ def test_capsule_coupling_sums_to_one_over_interests_and_ignores_padding():
     shuffled = features.clone()
     shuffled[~mask] = torch.randn(int((~mask).sum()), 8)
     assert torch.allclose(routing(shuffled, mask)[0], interests, atol=1e-6)
+
+
+def test_cross_entropy_without_denormals_is_cross_entropy_where_probabilities_are_normal():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 8, 3, 1, 5])
+    ours = CrossEntropyWithoutDenormals.apply(logits, labels)
+    assert ours.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-12)
+    assert torch.autograd.gradcheck(lambda x: CrossEntropyWithoutDenormals.apply(x, labels), (logits,))
+
+
+def test_cross_entropy_without_denormals_zeroes_only_the_negligible_classes():
+    # a confident classifier: class 0 leads by 70-100 logits, so most probabilities are below e^-60
+    logits = torch.zeros(512, 300)
+    logits[:, 0] = torch.linspace(70.0, 100.0, 512)
+    logits[:, 1] = 50.0  # probability about e^-20 to e^-50: kept
+    labels = torch.zeros(512, dtype=torch.long)
+    labels[:8] = 2  # a wrong prediction keeps its full gradient of about -1 / N
+    ours, reference = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    (0.1 * CrossEntropyWithoutDenormals.apply(ours, labels)).backward()
+    (0.1 * F.cross_entropy(reference, labels)).backward()
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((reference.grad != 0) & (reference.grad.abs() < tiny)).any())  # the reference has denormals
+    assert not bool(((ours.grad != 0) & (ours.grad.abs() < tiny)).any())
+    kept = reference.grad.abs() > 0.1 / 512 * math.exp(-60)
+    assert torch.allclose(ours.grad[kept], reference.grad[kept], rtol=1e-5, atol=0)
+    assert bool((ours.grad[~kept] == 0).all()) and bool((~kept).any())
+    assert ours.grad[:8, 2].tolist() == pytest.approx(reference.grad[:8, 2].tolist(), rel=1e-6)

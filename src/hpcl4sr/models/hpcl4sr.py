@@ -40,6 +40,7 @@ from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
 from hpcl4sr.models.layers import (
     NEG_INF,
     CapsuleRouting,
+    CrossEntropyWithoutDenormals,
     MultiInterestSelfAttention,
     hard_negative_log_weights,
     hard_readout,
@@ -423,9 +424,10 @@ class HPCL4SR(SequentialRecommender):
         labels = self.item_category[batch.history]
         if features.is_cuda:  # boolean indexing would make the step wait for the device to count positions
             logits, labels = self.classifier(features).flatten(0, 1), labels.masked_fill(~batch.mask, -100).flatten()
-        else:  # a classifier over every category is costly on CPU: score the real positions only
-            logits, labels = self.classifier(features[batch.mask]), labels[batch.mask]
-        return F.cross_entropy(logits, labels, ignore_index=-100)  # -100 marks padding on CUDA
+            return F.cross_entropy(logits, labels, ignore_index=-100)  # -100 marks padding
+        # A classifier over every category is costly on CPU: score the real positions only, and keep the
+        # confident classifier's gradient free of denormal floats, which a CPU computes slowly.
+        return CrossEntropyWithoutDenormals.apply(self.classifier(features[batch.mask]), labels[batch.mask])
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config

@@ -57,6 +57,38 @@ def hard_negative_log_weights(scores: torch.Tensor, excluded: torch.Tensor, beta
     return tempered - log_mean
 
 
+class CrossEntropyWithoutDenormals(torch.autograd.Function):
+    """Mean cross-entropy of `logits` [N, C] against `labels` [N]; its gradient is cross-entropy's, except
+    that a class with probability below exp(LOG_PROBABILITY_FLOOR) gets exactly 0 instead of about that.
+
+    Why: a confident classifier gives most of its classes probabilities that, scaled by the upstream
+    weight and 1/N, fall below float32's smallest normal number (1.2e-38). A CPU computes with such
+    denormal floats in microcode; the two matrix products of the backward that read them made HPCL4SR's
+    category classifier (eq. 11-12) 3x slower late in training (docs/performance.md). exp(-60) = 8.8e-27
+    leaves a margin of 1e11 above the smallest normal for the 1/N and the loss weight. The forward value
+    is cross-entropy's: the floored classes weigh under 1e-26 in a float32 sum of at least 1.
+    """
+
+    LOG_PROBABILITY_FLOOR = -60.0
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, labels: torch.Tensor
+                ) -> torch.Tensor:
+        log_probabilities = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_probabilities, labels)
+        return -log_probabilities.gather(1, labels[:, None]).mean()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, upstream: torch.Tensor
+                 ) -> tuple[torch.Tensor, None]:
+        log_probabilities, labels = ctx.saved_tensors
+        floor = CrossEntropyWithoutDenormals.LOG_PROBABILITY_FLOOR
+        # exp of the clamped values, so that exp itself never returns a denormal, then the floored ones to 0
+        gradient = log_probabilities.clamp(min=floor).exp_().masked_fill_(log_probabilities < floor, 0.0)
+        gradient[torch.arange(len(labels), device=labels.device), labels] -= 1.0  # softmax - one-hot
+        return gradient.mul_(upstream / len(labels)), None
+
+
 def item_rows(item_table: torch.Tensor, ids: torch.Tensor, sparse_gradient: bool = False) -> torch.Tensor:
     """item_table[ids]; with `sparse_gradient` the table's gradient is a sparse tensor of those rows only
     (for `train.optimizer: lazy_adam`, which updates the rows a step touched)."""
