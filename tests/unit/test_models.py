@@ -65,6 +65,29 @@ def test_fifty_steps_lower_the_loss(model_and_batch, synthetic_dir):
     assert any(bool((p != 0).any()) for p in model.repeat_score.parameters())
 
 
+@pytest.mark.parametrize("name", sorted(name for name, cls in MODELS.items() if not cls.fitted))
+def test_gradients_repeat_bit_for_bit_on_two_threads(name, synthetic_dir):
+    # A training step must not depend on how the CPU threads interleave, or a run (and its resume) would
+    # not repeat itself: indexing's backward accumulates in a varying order (see layers.item_rows).
+    data = SequenceDataset(synthetic_dir)
+    torch.manual_seed(0)
+    model = build_model(config_for_run(name, [{"data": {"path": str(synthetic_dir)}}]), data, max_len=20)
+    batch = TrainSampler(data, 32, 20, 4, seed=0).sample()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gradients = []
+        for _ in range(4):
+            torch.manual_seed(1)  # the same negatives each time
+            model.zero_grad(set_to_none=True)
+            model.loss(batch)["total"].backward()
+            gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    finally:
+        torch.set_num_threads(threads)
+    differing = {n for other in gradients[1:] for n in gradients[0] if not torch.equal(gradients[0][n], other[n])}
+    assert not differing
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_summary_is_the_whole_first_paragraph(name):
     # `hpcl4sr models` prints it: a citation wrapped over two lines must not be cut at the line break

@@ -328,14 +328,15 @@ class HPCL4SR(SequentialRecommender):
         at about a third of the GCN's cost. An accelerator (where `unique` would wait for the device), a
         sparse graph and evaluation (which caches the whole table) keep `category_table`.
         """
+        # Rows are gathered with F.embedding, not indexing: see layers.item_rows (repeatable gradients).
         if categories.is_cuda or not torch.is_grad_enabled() or not self.diffusion.dense:
-            return self.category_table()[categories]
+            return F.embedding(categories, self.category_table())
         present, where = torch.unique(categories, return_inverse=True)
         embedding = self.category_embedding.weight
         powers = self.adjacency_powers()[:, present]  # [layers, |S|, C]
         diffused = (powers @ embedding).transpose(0, 1).flatten(1)  # [|S|, layers * d]: (A^j)[S] E side by side
         rows = embedding[present] + diffused @ torch.cat(self.gcn_coefficients()[1:])
-        return rows[where]
+        return F.embedding(where, rows)
 
     def gcn_coefficients(self) -> list[torch.Tensor]:
         """N_j, j = 0..layers: H-hat = sum_j A^j E N_j, the layer mean of M_ij (layer i = sum_j A^j E M_ij).

@@ -91,8 +91,12 @@ class CrossEntropyWithoutDenormals(torch.autograd.Function):
 
 def item_rows(item_table: torch.Tensor, ids: torch.Tensor, sparse_gradient: bool = False) -> torch.Tensor:
     """item_table[ids]; with `sparse_gradient` the table's gradient is a sparse tensor of those rows only
-    (for `train.optimizer: lazy_adam`, which updates the rows a step touched)."""
-    return F.embedding(ids, item_table, sparse=True) if sparse_gradient else item_table[ids]
+    (for `train.optimizer: lazy_adam`, which updates the rows a step touched).
+
+    Through `F.embedding`, not indexing: the backward of `item_table[ids]` accumulates rows in parallel
+    on the CPU in an order that varies from run to run with two or more threads, so training would not
+    repeat itself bit for bit; the embedding's backward does."""
+    return F.embedding(ids, item_table, sparse=sparse_gradient)
 
 
 def shared_item_scores(user_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
