@@ -11,6 +11,7 @@ from hpcl4sr.models.layers import (
     log_uniform_probability,
     sample_negatives,
     sampled_softmax_loss,
+    value_rows,
 )
 
 
@@ -112,3 +113,27 @@ def test_cross_entropy_without_denormals_zeroes_only_the_negligible_classes():
     assert torch.allclose(ours.grad[kept], reference.grad[kept], rtol=1e-5, atol=0)
     assert bool((ours.grad[~kept] == 0).all()) and bool((~kept).any())
     assert ours.grad[:8, 2].tolist() == pytest.approx(reference.grad[:8, 2].tolist(), rel=1e-6)
+
+
+def test_value_rows_is_indexing_with_a_backward_that_repeats_on_two_threads():
+    # PIMI's interval buckets at the default batch: 128 x 30 x 30 indices into 65 values, far past the
+    # size from which indexing's backward adds repeated indices in parallel
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(65, generator=generator, requires_grad=True)
+    index = torch.randint(0, 65, (128, 30, 30), generator=generator)
+    upstream = torch.randn(128, 30, 30, generator=generator)
+    assert torch.equal(value_rows(values, index), values[index])
+    (values[index] * upstream).sum().backward()
+    by_indexing, values.grad = values.grad, None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gradients = []
+        for _ in range(8):
+            (value_rows(values, index) * upstream).sum().backward()
+            gradients.append(values.grad)
+            values.grad = None
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(gradients[0], by_indexing, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(gradients[0], other) for other in gradients[1:])

@@ -68,11 +68,12 @@ def test_fifty_steps_lower_the_loss(model_and_batch, synthetic_dir):
 @pytest.mark.parametrize("name", sorted(name for name, cls in MODELS.items() if not cls.fitted))
 def test_gradients_repeat_bit_for_bit_on_two_threads(name, synthetic_dir):
     # A training step must not depend on how the CPU threads interleave, or a run (and its resume) would
-    # not repeat itself: indexing's backward accumulates in a varying order (see layers.item_rows).
+    # not repeat itself: indexing's backward accumulates in a varying order (see layers.item_rows). The
+    # default batch of 128: from about 32k indices on (PIMI's 128 x 20 x 20 buckets) it runs in parallel.
     data = SequenceDataset(synthetic_dir)
     torch.manual_seed(0)
     model = build_model(config_for_run(name, [{"data": {"path": str(synthetic_dir)}}]), data, max_len=20)
-    batch = TrainSampler(data, 32, 20, 4, seed=0).sample()
+    batch = TrainSampler(data, 128, 20, 4, seed=0).sample()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -99,6 +99,14 @@ def item_rows(item_table: torch.Tensor, ids: torch.Tensor, sparse_gradient: bool
     return F.embedding(ids, item_table, sparse=sparse_gradient)
 
 
+def value_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[index] for a 1-D parameter `values` and an index of any shape, as a gather from `values`
+    broadcast along the index's last axis: the gather's backward adds repeated indices row by row in a
+    fixed order, where indexing's backward adds them in parallel in a varying one (see `item_rows`) once
+    the index has more than about 32k entries (PIMI's [B, L, L] interval buckets)."""
+    return values.expand(*index.shape[:-1], len(values)).gather(-1, index)
+
+
 def shared_item_scores(user_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """[B, N]: items [N, d] scored against each user's readout [B, d], or its best interest of [B, K, d]."""
     if user_vectors.dim() == 2:
@@ -340,7 +348,7 @@ class RepeatScore(nn.Module):
         length = mask.sum(dim=1, keepdim=True)
         from_end = (length - 1 - torch.arange(history.shape[1], device=history.device)).clamp(min=0)
         repeat_rate = 1.0 - last.sum(dim=1, keepdim=True) / length.clamp(min=1)
-        repeat = (self.count_weight * torch.log1p(count.to(self.bias.dtype)) + self.recency[from_end]
+        repeat = (self.count_weight * torch.log1p(count.to(self.bias.dtype)) + value_rows(self.recency, from_end)
                   + self.user_weight * repeat_rate + self.bias)
         return HistoryItems(history.masked_fill(~last, 0), repeat.masked_fill(~last, 0.0))
 

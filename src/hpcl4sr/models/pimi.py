@@ -52,7 +52,7 @@ from hpcl4sr.catalogue import Catalogue
 from hpcl4sr.data.dataset import Batch
 from hpcl4sr.errors import UserError
 from hpcl4sr.models.base import ModelConfig, SequentialRecommender, register
-from hpcl4sr.models.layers import NEG_INF, MultiInterestSelfAttention
+from hpcl4sr.models.layers import NEG_INF, MultiInterestSelfAttention, value_rows
 
 SECONDS_PER_DAY = 86_400
 TIME_UNITS = ("auto", "second", "day", "mmdd")
@@ -167,7 +167,7 @@ class PIMI(SequentialRecommender):
         buckets = interval_buckets(batch.history_times, self.time_unit, self.config.time_span)
         table = self.interval_embedding.weight
         # The score w . emb(bucket) depends only on the bucket: score the table once, then index it.
-        scores = self.interval_score(table).squeeze(-1)[buckets]  # [B, L, L]
+        scores = value_rows(self.interval_score(table).squeeze(-1), buckets)  # [B, L, L]
         weights = torch.softmax(scores.masked_fill(~batch.mask[:, None, :], NEG_INF), dim=-1)
         # sum_j a_ij emb(bucket_ij) = (a summed per bucket) @ table: [B, L, span+1] instead of [B, L, L, d].
         per_bucket = weights.new_zeros(*weights.shape[:2], len(table)).scatter_add_(2, buckets, weights)
