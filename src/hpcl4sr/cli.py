@@ -381,8 +381,11 @@ def experiment_run(
     out: Annotated[Path | None, typer.Option(help="Experiment directory; default runs/experiments/NAME.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="SECTION.KEY=VALUE for every cell (speed settings "
                                                           "such as train.threads=1); repeatable.")] = [],
+    datasets: Annotated[list[str], typer.Option("--dataset", help="Run only these of the file's datasets "
+                                                                  "(repeatable); the others stay to do.")] = [],
+    rows: Annotated[list[str], typer.Option("--row", help="Run only these of the file's rows (repeatable).")] = [],
     seeds: Annotated[list[int], typer.Option("--seed", help="Run only these of the file's seeds "
-                                                            "(repeatable); the others stay to do.")] = [],
+                                                            "(repeatable).")] = [],
     runners: Annotated[int, typer.Option(min=1, help="Train this many cells at once, each in its own process "
                                                      "with a share of the cores (logs in OUT/runner-K.log).")] = 1,
     raw: Annotated[list[str], typer.Option(help="NAME=PATH[,PATH]: the raw file(s) of the file's dataset NAME "
@@ -394,9 +397,7 @@ def experiment_run(
     from hpcl4sr.experiment import run_experiment, run_with_runners
     from hpcl4sr.experiment_file import load_experiment, parse_raw_option
 
-    experiment = load_experiment(file).with_raw(parse_raw_option(raw))
-    if seeds:
-        experiment = experiment.with_seeds(seeds)
+    experiment = load_experiment(file).with_raw(parse_raw_option(raw)).select(datasets, rows, seeds)
     out = out or Path("runs/experiments") / file.stem
     if runners > 1:
         results = run_with_runners(experiment, out, runners, set_, progress=progress)

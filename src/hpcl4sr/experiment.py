@@ -68,7 +68,8 @@ def check_dataset(spec: DatasetSpec, out: Path) -> None:
     if missing:  # (a `fetch:` entry has no raw files: it is fetched when prepared)
         expected = ",".join(f"PATH/{file.name}" for file in spec.raw)
         raise UserError(f"dataset {spec.name}: raw file {missing[0]} not found; pass the dataset's file(s) to "
-                        f"`hpcl4sr experiment run` as --raw {spec.name}={expected}")
+                        f"`hpcl4sr experiment run` as --raw {spec.name}={expected} (or train the other "
+                        "datasets alone with --dataset NAME)")
     PrepareOptions(spec.source, **_split_options(spec)[0]).validate()
 
 
@@ -237,7 +238,7 @@ def prepare_datasets(experiment: Experiment, out: Path) -> dict[str, Path]:
     """Every dataset's prepared directory; one process prepares, any other waits for it."""
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / ".data.lock", wait=True):
-        return {name: prepared_dataset(spec, out) for name, spec in experiment.datasets.items()}
+        return {name: prepared_dataset(spec, out) for name, spec in experiment.selected_datasets.items()}
 
 
 def checked_cells(experiment: Experiment, out: Path, extra: dict[str, Any] | None = None
@@ -246,7 +247,7 @@ def checked_cells(experiment: Experiment, out: Path, extra: dict[str, Any] | Non
     the datasets, each cell's config, and the run directories already there."""
     check_writable_parent(out, "--out")
     cells = experiment.cells()
-    for spec in experiment.datasets.values():
+    for spec in experiment.selected_datasets.values():
         check_dataset(spec, out)
     configs = [cell_config(cell, dataset_path(experiment.datasets[cell.dataset], out), extra) for cell in cells]
     for cell, config in zip(cells, configs):
@@ -315,7 +316,7 @@ def run_with_runners(experiment: Experiment, out: Path, runners: int, assignment
     if "train.threads" not in parse_assignments(assignments).get("train", {}):
         assignments = [*assignments, f"train.threads={max(1, (os.cpu_count() or 1) // runners)}"]
     command = [sys.executable, "-m", "hpcl4sr", "experiment", "run", str(experiment.path), "--out", str(out),
-               "--no-progress", *(f"--seed={seed}" for seed in experiment.seeds),
+               "--no-progress", *experiment.selection.options(),
                *(f"--set={assignment}" for assignment in assignments)]
     logs = [out / f"runner-{number}.log" for number in range(1, runners + 1)]
     children = []

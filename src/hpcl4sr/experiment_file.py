@@ -61,6 +61,20 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """The part of a grid one `experiment run` trains (`--dataset`, `--row`, `--seed`); empty: all."""
+
+    datasets: tuple[str, ...] = ()
+    rows: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+    def options(self) -> list[str]:
+        """The same selection as `experiment run` options (for the runners it starts)."""
+        return [*(f"--dataset={name}" for name in self.datasets), *(f"--row={row}" for row in self.rows),
+                *(f"--seed={seed}" for seed in self.seeds)]
+
+
+@dataclass(frozen=True)
 class Experiment:
     path: Path
     datasets: dict[str, DatasetSpec]
@@ -71,9 +85,11 @@ class Experiment:
     ours: tuple[str, ...]
     paper: dict[str, Any]
     similarity: dict[str, Any] | None
+    selection: Selection = Selection()
 
     def summary(self) -> dict[str, Any]:
-        """What `experiment report` needs of the file, saved beside the results as experiment.json."""
+        """What `experiment report` needs of the file, saved beside the results as experiment.json: the
+        whole grid, whatever part of it this run trains."""
         return {"file": str(self.path), "datasets": list(self.datasets), "rows": list(self.rows),
                 "seeds": list(self.seeds), "sweep": self.sweep, "ours": list(self.ours), "paper": self.paper,
                 "similarity": self.similarity}
@@ -83,13 +99,22 @@ class Experiment:
         """How many test users the paper's Figure 1 samples; None when the file does not draw it."""
         return None if self.similarity is None else self.similarity.get("users", SIMILARITY_USERS)
 
-    def with_seeds(self, seeds: list[int]) -> Experiment:
-        """The same grid restricted to some of its seeds (a smaller first pass on a small machine)."""
-        unknown = sorted(set(seeds) - set(self.seeds))
-        if unknown:
-            raise UserError(f"{self.path}: seed {unknown[0]} is not one of the file's seeds "
-                            f"({', '.join(map(str, self.seeds))})")
-        return replace(self, seeds=tuple(seed for seed in self.seeds if seed in seeds))
+    def select(self, datasets: list[str], rows: list[str], seeds: list[int]) -> Experiment:
+        """The same grid, training only these datasets, rows and seeds (an empty list: all of them), e.g.
+        a first pass on a small machine, or the datasets whose files are at hand."""
+        for option, chosen, known in (("--dataset", datasets, list(self.datasets)), ("--row", rows, list(self.rows)),
+                                      ("--seed", seeds, list(self.seeds))):
+            unknown = [value for value in chosen if value not in known]
+            if unknown:
+                raise UserError(f"{option} {unknown[0]}: not one of {self.path}'s "
+                                f"{option[2:]}s ({', '.join(map(str, known))})")
+        return replace(self, selection=Selection(tuple(datasets), tuple(rows), tuple(seeds)))
+
+    @property
+    def selected_datasets(self) -> dict[str, DatasetSpec]:
+        """The datasets this run trains on (only those are checked and prepared)."""
+        return {name: spec for name, spec in self.datasets.items()
+                if not self.selection.datasets or name in self.selection.datasets}
 
     def with_raw(self, files: dict[str, list[Path]]) -> Experiment:
         """The same grid reading these datasets' raw files from the given paths (the CLI's --raw)."""
@@ -103,15 +128,17 @@ class Experiment:
         return replace(self, datasets=datasets)
 
     def cells(self) -> list[Cell]:
-        """Every cell, dataset-major then row, variant and seed, the order they run in."""
+        """Every selected cell, dataset-major then row, variant and seed, the order they run in."""
         variants: list[tuple[str, Any] | None] = [
             (key, value) for key, values in self.sweep.items() for value in values] or [None]
         cells = []
-        for dataset in self.datasets:
-            for row, (model, layers) in self.rows.items():
+        rows = {row: spec for row, spec in self.rows.items() if not self.selection.rows or row in self.selection.rows}
+        seeds = self.selection.seeds or self.seeds
+        for dataset in self.selected_datasets:
+            for row, (model, layers) in rows.items():
                 for variant in variants:
                     sweep_layer = (nested({variant[0]: variant[1]}, self.path, "sweep"),) if variant else ()
-                    for seed in self.seeds:
+                    for seed in seeds:
                         cells.append(Cell(dataset, row, model, (*layers, self.common, *sweep_layer), seed, variant))
         return cells
 

@@ -66,10 +66,29 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
     assert saved["recall@50"].mean() == pytest.approx(results[0]["metrics"]["recall@50"], rel=1e-12)
 
 
+def test_a_run_trains_the_selected_part_and_keeps_the_whole_grid_for_the_report(synthetic_dir, tmp_path):
+    # a dataset whose file is not at hand must not block the others; the report still knows the grid
+    file = experiment_file(tmp_path, synthetic_dir, models={"pop": {"model": "pop"}, "repeat": {"model": "repeat"}},
+                           datasets={"synthetic": {"path": str(synthetic_dir)},
+                                     "elsewhere": {"source": "sequences", "raw": ["absent.txt"]}})
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="absent.txt not found; .*or train the other datasets alone with --dataset"):
+        run_experiment(load_experiment(file), out, progress=False)
+    results = run_experiment(load_experiment(file).select(["synthetic"], ["repeat"], [2]), out, progress=False)
+    assert [result["cell"] for result in results] == ["synthetic/repeat/s2"]
+    summary = json.loads((out / "experiment.json").read_text())
+    assert (summary["datasets"], summary["rows"], summary["seeds"]) == (["synthetic", "elsewhere"], ["pop", "repeat"],
+                                                                        [1, 2])
+    bad = subprocess.run([sys.executable, "-m", "hpcl4sr", "experiment", "run", str(file), "--out", str(out),
+                          "--dataset", "synthetic", "--row", "gru"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("--row gru: not one of "
+                                                              f"{file}'s rows (pop, repeat)")
+
+
 def test_an_archive_keeps_results_without_checkpoints_and_the_grid_goes_on_from_it(synthetic_dir, tmp_path):
     file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, ours="sa")
     out, archive = tmp_path / "out", tmp_path / "archive"
-    run_experiment(load_experiment(file).with_seeds([1]), out, progress=False)
+    run_experiment(load_experiment(file).select([], [], [1]), out, progress=False)
     (out / "runs/synthetic/sa/s2").mkdir()  # an unfinished cell: not archived
     assert archive_experiment(out, archive) == 1
     kept = sorted(path.relative_to(archive).as_posix() for path in archive.rglob("*") if path.is_file())
@@ -176,9 +195,9 @@ def test_experiment_file_errors_name_the_entry(synthetic_dir, tmp_path):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}},
                                         set={"max_iters": 3}))
     two_seeds = load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}))
-    assert [cell.id for cell in two_seeds.with_seeds([2]).cells()] == ["synthetic/a/s2"]
-    with pytest.raises(UserError, match="seed 7 is not one of the file's seeds"):
-        load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}})).with_seeds([7])
+    assert [cell.id for cell in two_seeds.select([], [], [2]).cells()] == ["synthetic/a/s2"]
+    with pytest.raises(UserError, match=r"--seed 7: not one of .*'s seeds \(1, 2\)"):
+        two_seeds.select([], [], [7])
     with pytest.raises(UserError, match="ours: expected a model row.*got 'b'"):
         load_experiment(experiment_file(tmp_path, synthetic_dir, models={"a": {"model": "gru4rec"}}, ours="b"))
     with pytest.raises(UserError, match="datasets.synthetic.path: expected a directory name, got None"):
