@@ -229,10 +229,10 @@ def write_report(out: Path) -> Path:
         rows = {row: groups[(dataset, row, None)] for row in spec["rows"] if (dataset, row, None) in groups}
         if not rows:
             continue
-        best = sorted({run["metrics"].get("best_step", 0) for runs in rows.values() for run in runs})
-        sections += [f"## {dataset}", "", metrics_table(rows, ours), "",
-                     f"Budget: {_budget(out, rows)}. Best validation steps (the checkpoints tested): "
-                     f"{best[0]:,} to {best[-1]:,}.", ""]
+        # a fitted row (pop, itemknn, ...) records best step 0: it has no training steps to choose among
+        best = sorted({run["metrics"].get("best_step", 0) for runs in rows.values() for run in runs} - {0})
+        steps = f" Best validation steps (the checkpoints tested): {best[0]:,} to {best[-1]:,}." if best else ""
+        sections += [f"## {dataset}", "", metrics_table(rows, ours), "", f"Budget: {_budget(out, rows)}.{steps}", ""]
         curves = out / "figures" / f"curves_{dataset}.png"
         plot_valid_curves([out / run["run"] for runs in rows.values() for run in runs], curves,
                           title=f"{dataset}: valid recall@50 during training, mean over seeds (dot: best)")

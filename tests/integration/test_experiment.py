@@ -49,6 +49,7 @@ def test_grid_runs_skips_finished_cells_and_reports(synthetic_dir, tmp_path):
     report = write_report(out).read_text()
     assert "## synthetic" in report and "Improv. (sa vs best baseline)" in report
     assert "Budget: at most 30 iterations of batch 32" in report
+    assert re.search(r"Best validation steps \(the checkpoints tested\): \d+ to \d+\.", report)
     assert report.count("**") >= 2 * 6  # one best per metric column
     # sa against every other row on R@20, R@50, HR@20 and HR@50: "difference in points (p)"
     tested = [line for line in report.splitlines() if line.startswith("| gru | ")][-1]  # after the metrics table
@@ -79,6 +80,8 @@ def test_a_run_trains_the_selected_part_and_keeps_the_whole_grid_for_the_report(
     summary = json.loads((out / "experiment.json").read_text())
     assert (summary["datasets"], summary["rows"], summary["seeds"]) == (["synthetic", "elsewhere"], ["pop", "repeat"],
                                                                         [1, 2])
+    report = write_report(out).read_text()
+    assert "| repeat | 1 |" in report and "Best validation steps" not in report  # a fitted row has none
     bad = subprocess.run([sys.executable, "-m", "hpcl4sr", "experiment", "run", str(file), "--out", str(out),
                           "--dataset", "synthetic", "--row", "gru"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("--row gru: not one of "
