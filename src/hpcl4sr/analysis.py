@@ -163,8 +163,14 @@ def valid_curve(run: Path, metric: str = "recall@50") -> tuple[np.ndarray, np.nd
     if not metrics_file.is_file():
         raise UserError(f"{metrics_file}: not found; is {run} a run directory?")
     points = {}
-    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        record = json.loads(line) if line.strip() else {}
+    lines = metrics_file.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            if number == len(lines):  # being written, or cut short by a kill (a resume drops it)
+                continue
+            raise UserError(f"{metrics_file}, line {number}: not a JSON object") from None
         if record.get("split") == "valid":
             if metric not in record:
                 raise UserError(f"{metrics_file}, line {number}: no {metric!r} (known: "

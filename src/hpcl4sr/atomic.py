@@ -140,6 +140,24 @@ def exclusive_lock(lock: Path, wait: bool) -> Iterator[int | None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def lock_is_held(lock: Path) -> bool | None:
+    """Whether some process holds `exclusive_lock(lock)` now, read from Linux's /proc/locks without taking
+    the lock (taking it, even for an instant, could make a runner skip that cell); None where the system
+    does not tell."""
+    try:
+        info = lock.stat()
+    except FileNotFoundError:
+        return False
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 606 fe:00:5407133 0 EOF"; a waiter's line has "->" after the number
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return any(fields[1:2] == ["FLOCK"] and fields[5:6] == [where]
+               for fields in (line.replace("->", "").split() for line in table.splitlines()))
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_output(path) as temp:
         temp.write_text(text)

@@ -407,6 +407,18 @@ def experiment_run(
                f"tables with `hpcl4sr experiment report {out}`")
 
 
+@experiment_app.command("status")
+def experiment_status(
+    file: Annotated[Path, typer.Argument(help="Experiment file (see experiments/*.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Experiment directory; default runs/experiments/NAME.")] = None,
+) -> None:
+    """Print every cell's state: test recall@50 once finished, step and best valid while training."""
+    from hpcl4sr.experiment import grid_status
+    from hpcl4sr.experiment_file import load_experiment
+
+    typer.echo(grid_status(load_experiment(file), out or Path("runs/experiments") / file.stem))
+
+
 @experiment_app.command("report")
 def experiment_report(
     out: Annotated[Path, typer.Argument(help="Experiment directory written by `experiment run`.")],

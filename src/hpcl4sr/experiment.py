@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hpcl4sr.atomic import atomic_directory, atomic_output, check_writable_parent, exclusive_lock, write_text
+from hpcl4sr.atomic import (
+    atomic_directory,
+    atomic_output,
+    check_writable_parent,
+    exclusive_lock,
+    lock_is_held,
+    write_text,
+)
 from hpcl4sr.config import SPEED_ONLY, RunConfig
 from hpcl4sr.errors import UserError
 from hpcl4sr.experiment_file import Cell, DatasetSpec, Experiment
@@ -299,6 +306,49 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
         tqdm.write(f"{len(elsewhere)} cell(s) were being trained by another runner (rerun to record them "
                    f"once it ends): {', '.join(elsewhere)}")
     return read_results(out)
+
+
+def grid_status(experiment: Experiment, out: Path) -> str:
+    """A table per dataset of every cell's state, read from `out` without changing it: the test recall@50
+    of a finished cell, the step and best valid recall@50 of one being trained or stopped halfway, "-"
+    for one not begun (`experiment status`)."""
+    from hpcl4sr.analysis import valid_curve
+
+    out = Path(out)
+    results = {result["cell"]: result for result in read_results(out)}
+    sections = []
+    for dataset, spec in experiment.selected_datasets.items():
+        cells = [cell for cell in experiment.cells() if cell.dataset == dataset]
+        seeds = list(dict.fromkeys(cell.seed for cell in cells))
+        table: dict[str, dict[int, str]] = {}
+        counts = {"finished": 0, "training": 0, "stopped": 0, "to do": 0}
+        for cell in cells:
+            config = cell_config(cell, dataset_path(spec, out))
+            run = out / "runs" / cell.id
+            result = results.get(cell.id)
+            if result is not None and result.get("key") == result_key(config, out):
+                state, text = "finished", f"{100 * result['metrics']['recall@50']:.2f}"
+            elif (run / "config.yaml").is_file() and not (run / "test_metrics.json").is_file():
+                held = lock_is_held(out / "runs" / f"{cell.id}.lock")
+                state = "training" if held else "stopped"
+                try:
+                    steps, values = valid_curve(run)
+                    progress = f"{steps[-1]:,}/{config.train.max_iters:,}, best {100 * values.max():.2f}"
+                except UserError:  # no validation yet
+                    progress = f"0/{config.train.max_iters:,}"
+                text = f"{'training' if held else 'stopped' if held is False else 'begun'} {progress}"
+            else:
+                state, text = "to do", "-"
+            counts[state] += 1
+            table.setdefault(cell.id.split("/", 1)[1].rsplit("/", 1)[0], {})[cell.seed] = text
+        summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
+        lines = [f"{dataset}: {len(cells)} cells, {summary} (finished: test recall@50 %; otherwise step/cap "
+                 "and best valid recall@50 %)", "", "| row | " + " | ".join(f"s{seed}" for seed in seeds) + " |",
+                 "|---|" + "---|" * len(seeds)]
+        lines += [f"| {row} | " + " | ".join(by_seed.get(seed, "") for seed in seeds) + " |"
+                  for row, by_seed in table.items()]
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
 
 
 def run_with_runners(experiment: Experiment, out: Path, runners: int, assignments: list[str],

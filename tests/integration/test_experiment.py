@@ -88,6 +88,29 @@ def test_a_run_trains_the_selected_part_and_keeps_the_whole_grid_for_the_report(
                                                               f"{file}'s rows (pop, repeat)")
 
 
+def test_status_shows_finished_training_stopped_and_untouched_cells(synthetic_dir, tmp_path):
+    from hpcl4sr.atomic import exclusive_lock
+    from hpcl4sr.experiment import grid_status
+
+    file = experiment_file(tmp_path, synthetic_dir, models={"pop": {"model": "pop"}, "sa": {"model": "comirec-sa"}})
+    out = tmp_path / "out"
+    results = run_experiment(load_experiment(file).select([], ["pop"], []), out, progress=False)
+    for seed in (1, 2):  # sa's seed 1 stopped after a validation, seed 2 held by a runner before its first
+        (out / f"runs/synthetic/sa/s{seed}").mkdir(parents=True)
+        (out / f"runs/synthetic/sa/s{seed}/config.yaml").write_text("model_name: comirec-sa\n")
+    (out / "runs/synthetic/sa/s1/metrics.jsonl").write_text(
+        '{"step": 10, "split": "valid", "recall@50": 0.125}\n{"step": 20, "split": "valid", "recall@50": 0.25}\n')
+    with exclusive_lock(out / "runs/synthetic/sa/s2.lock", wait=False):
+        status = grid_status(load_experiment(file), out)
+    pop = f"{100 * results[0]['metrics']['recall@50']:.2f}"
+    assert status.splitlines()[0].startswith("synthetic: 4 cells, 2 finished, 1 training, 1 stopped")
+    assert f"| pop | {pop} | {100 * results[1]['metrics']['recall@50']:.2f} |" in status
+    assert "| sa | stopped 20/30, best 25.00 | training 0/30 |" in status
+    (out / "runs/synthetic/sa/s1/metrics.jsonl").unlink()
+    (out / "runs/synthetic/sa/s2").rename(tmp_path / "gone")
+    assert "| sa | stopped 0/30 | - |" in grid_status(load_experiment(file), out)
+
+
 def test_an_archive_keeps_results_without_checkpoints_and_the_grid_goes_on_from_it(synthetic_dir, tmp_path):
     file = experiment_file(tmp_path, synthetic_dir, models={"sa": {"model": "comirec-sa"}}, ours="sa")
     out, archive = tmp_path / "out", tmp_path / "archive"

@@ -49,3 +49,15 @@ def test_seeds_average_over_the_steps_all_reached(tmp_path: Path):
 def test_a_grid_seed_folder_is_labelled_by_its_row(tmp_path: Path):
     assert run_label(tmp_path / "comirec-sa.full" / "s3") == "comirec-sa.full"
     assert run_label(tmp_path / "my-run") == "my-run"
+
+
+def test_a_last_line_cut_short_is_skipped_and_any_other_bad_line_named(tmp_path: Path):
+    # a run being written (or killed mid-line) ends with part of a line; `analyze curves` reads it anyway
+    run = write_run(tmp_path / "r", 1, [(100, 0.1), (200, 0.2)])
+    with (run / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 300, "split": "val')
+    steps, values = valid_curve(run)
+    assert steps.tolist() == [100, 200] and values.tolist() == [0.1, 0.2]
+    (run / "metrics.jsonl").write_text('{"step": 100, "spl\n{"step": 100, "split": "valid", "recall@50": 0.1}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl, line 1: not a JSON object"):
+        valid_curve(run)
