@@ -328,6 +328,9 @@ def grid_status(experiment: Experiment, out: Path) -> str:
             result = results.get(cell.id)
             if result is not None and result.get("key") == result_key(config, out):
                 state, text = "finished", f"{100 * result['metrics']['recall@50']:.2f}"
+            elif model_class(cell.model).fitted:  # seconds to minutes, and a fit cut short starts again
+                fitting = (run / "config.yaml").is_file() and lock_is_held(out / "runs" / f"{cell.id}.lock")
+                state, text = ("training", "fitting") if fitting else ("to do", "-")
             elif (run / "config.yaml").is_file() and not (run / "test_metrics.json").is_file():
                 held = lock_is_held(out / "runs" / f"{cell.id}.lock")
                 state = "training" if held else "stopped"

@@ -92,18 +92,24 @@ def test_status_shows_finished_training_stopped_and_untouched_cells(synthetic_di
     from hpcl4sr.atomic import exclusive_lock
     from hpcl4sr.experiment import grid_status
 
-    file = experiment_file(tmp_path, synthetic_dir, models={"pop": {"model": "pop"}, "sa": {"model": "comirec-sa"}})
+    file = experiment_file(tmp_path, synthetic_dir, models={"pop": {"model": "pop"}, "sa": {"model": "comirec-sa"},
+                                                            "knn": {"model": "itemknn"}})
     out = tmp_path / "out"
     results = run_experiment(load_experiment(file).select([], ["pop"], []), out, progress=False)
+    for seed in (1, 2):  # a fit being made (seed 1) and one a kill cut short, which starts again (seed 2)
+        (out / f"runs/synthetic/knn/s{seed}").mkdir(parents=True)
+        (out / f"runs/synthetic/knn/s{seed}/config.yaml").write_text("model_name: itemknn\n")
     for seed in (1, 2):  # sa's seed 1 stopped after a validation, seed 2 held by a runner before its first
         (out / f"runs/synthetic/sa/s{seed}").mkdir(parents=True)
         (out / f"runs/synthetic/sa/s{seed}/config.yaml").write_text("model_name: comirec-sa\n")
     (out / "runs/synthetic/sa/s1/metrics.jsonl").write_text(
         '{"step": 10, "split": "valid", "recall@50": 0.125}\n{"step": 20, "split": "valid", "recall@50": 0.25}\n')
-    with exclusive_lock(out / "runs/synthetic/sa/s2.lock", wait=False):
+    with exclusive_lock(out / "runs/synthetic/sa/s2.lock", wait=False), \
+            exclusive_lock(out / "runs/synthetic/knn/s1.lock", wait=False):
         status = grid_status(load_experiment(file), out)
     pop = f"{100 * results[0]['metrics']['recall@50']:.2f}"
-    assert status.splitlines()[0].startswith("synthetic: 4 cells, 2 finished, 1 training, 1 stopped")
+    assert status.splitlines()[0].startswith("synthetic: 6 cells, 2 finished, 2 training, 1 stopped, 1 to do")
+    assert "| knn | fitting | - |" in status
     assert f"| pop | {pop} | {100 * results[1]['metrics']['recall@50']:.2f} |" in status
     assert "| sa | stopped 20/30, best 25.00 | training 0/30 |" in status
     (out / "runs/synthetic/sa/s1/metrics.jsonl").unlink()
