@@ -316,12 +316,13 @@ def grid_status(experiment: Experiment, out: Path) -> str:
 
     out = Path(out)
     results = {result["cell"]: result for result in read_results(out)}
+    every_cell = experiment.cells()
     sections = []
     for dataset, spec in experiment.selected_datasets.items():
-        cells = [cell for cell in experiment.cells() if cell.dataset == dataset]
+        cells = [cell for cell in every_cell if cell.dataset == dataset]
         seeds = list(dict.fromkeys(cell.seed for cell in cells))
         table: dict[str, dict[int, str]] = {}
-        counts = {"finished": 0, "training": 0, "stopped": 0, "to do": 0}
+        counts = dict.fromkeys(("finished", "training", "stopped", "begun", "to do"), 0)
         for cell in cells:
             config = cell_config(cell, dataset_path(spec, out))
             run = out / "runs" / cell.id
@@ -333,13 +334,13 @@ def grid_status(experiment: Experiment, out: Path) -> str:
                 state, text = ("training", "fitting") if fitting else ("to do", "-")
             elif (run / "config.yaml").is_file() and not (run / "test_metrics.json").is_file():
                 held = lock_is_held(out / "runs" / f"{cell.id}.lock")
-                state = "training" if held else "stopped"
+                state = {True: "training", False: "stopped", None: "begun"}[held]  # None: the system cannot tell
                 try:
                     steps, values = valid_curve(run)
                     progress = f"{steps[-1]:,}/{config.train.max_iters:,}, best {100 * values.max():.2f}"
                 except UserError:  # no validation yet
                     progress = f"0/{config.train.max_iters:,}"
-                text = f"{'training' if held else 'stopped' if held is False else 'begun'} {progress}"
+                text = f"{state} {progress}"
             else:
                 state, text = "to do", "-"
             counts[state] += 1
