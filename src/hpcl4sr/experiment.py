@@ -310,8 +310,9 @@ def run_experiment(experiment: Experiment, out: Path, progress: bool = True,
 
 def grid_status(experiment: Experiment, out: Path) -> str:
     """A table per dataset of every cell's state, read from `out` without changing it: the test recall@50
-    of a finished cell, the step and best valid recall@50 of one being trained or stopped halfway, "-"
-    for one not begun (`experiment status`)."""
+    of a finished cell (marked "not recorded" while its line is not in results.jsonl yet: the next
+    `experiment run` writes it without training), the step and best valid recall@50 of one being trained
+    or stopped halfway, "-" for one not begun (`experiment status`)."""
     from hpcl4sr.analysis import valid_curve
 
     out = Path(out)
@@ -322,17 +323,20 @@ def grid_status(experiment: Experiment, out: Path) -> str:
         cells = [cell for cell in every_cell if cell.dataset == dataset]
         seeds = list(dict.fromkeys(cell.seed for cell in cells))
         table: dict[str, dict[int, str]] = {}
-        counts = dict.fromkeys(("finished", "training", "stopped", "begun", "to do"), 0)
+        counts = dict.fromkeys(("finished", "not recorded", "training", "stopped", "begun", "to do"), 0)
         for cell in cells:
             config = cell_config(cell, dataset_path(spec, out))
             run = out / "runs" / cell.id
             result = results.get(cell.id)
             if result is not None and result.get("key") == result_key(config, out):
                 state, text = "finished", f"{100 * result['metrics']['recall@50']:.2f}"
+            elif (run / "test_metrics.json").is_file():  # tested; killed before its line was written
+                tested = json.loads((run / "test_metrics.json").read_text())
+                state, text = "not recorded", f"{100 * tested['recall@50']:.2f} not recorded"
             elif model_class(cell.model).fitted:  # seconds to minutes, and a fit cut short starts again
                 fitting = (run / "config.yaml").is_file() and lock_is_held(out / "runs" / f"{cell.id}.lock")
                 state, text = ("training", "fitting") if fitting else ("to do", "-")
-            elif (run / "config.yaml").is_file() and not (run / "test_metrics.json").is_file():
+            elif (run / "config.yaml").is_file():
                 held = lock_is_held(out / "runs" / f"{cell.id}.lock")
                 state = {True: "training", False: "stopped", None: "begun"}[held]  # None: the system cannot tell
                 try:

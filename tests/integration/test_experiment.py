@@ -88,7 +88,7 @@ def test_a_run_trains_the_selected_part_and_keeps_the_whole_grid_for_the_report(
                                                               f"{file}'s rows (pop, repeat)")
 
 
-def test_status_shows_finished_training_stopped_and_untouched_cells(synthetic_dir, tmp_path):
+def test_status_shows_finished_unrecorded_training_stopped_and_untouched_cells(synthetic_dir, tmp_path):
     from hpcl4sr.atomic import exclusive_lock
     from hpcl4sr.experiment import grid_status
 
@@ -115,6 +115,9 @@ def test_status_shows_finished_training_stopped_and_untouched_cells(synthetic_di
     (out / "runs/synthetic/sa/s1/metrics.jsonl").unlink()
     (out / "runs/synthetic/sa/s2").rename(tmp_path / "gone")
     assert "| sa | stopped 0/30 | - |" in grid_status(load_experiment(file), out)
+    (out / "runs/synthetic/sa/s1/test_metrics.json").write_text('{"recall@50": 0.5}')  # killed before recording
+    status = grid_status(load_experiment(file), out)
+    assert "| sa | 50.00 not recorded | - |" in status and ", 1 not recorded, " in status.splitlines()[0]
 
 
 def test_an_archive_keeps_results_without_checkpoints_and_the_grid_goes_on_from_it(synthetic_dir, tmp_path):
