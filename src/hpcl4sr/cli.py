@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -463,7 +464,22 @@ def one_line(message: str) -> str:
     return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in message)
 
 
+_warned: set[str] = set()
+
+
+def warn_once_in_one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                          file: Any = None, line: str | None = None) -> None:
+    """Show a warning as a user reads it: one line, without the source file and line Python prints by
+    default, and once a process (a notice from every model build, training's and testing's, says one thing;
+    the "once" filter cannot be relied on: torch's lazy imports add filters, which reset its record)."""
+    text = f"warning: {one_line(str(message))}"
+    if text not in _warned:
+        _warned.add(text)
+        typer.echo(text, err=True)
+
+
 def main() -> None:
+    warnings.showwarning = warn_once_in_one_line
     try:
         app()
     except UserError as err:

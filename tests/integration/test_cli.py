@@ -86,6 +86,16 @@ def test_synth_prepare_train_evaluate_recommend_export(tmp_path: Path):
     assert np.load(exported / "item_embeddings.npy").shape == (dataset.n_items + 1, 64)
 
 
+def test_a_warning_reaches_the_user_as_one_line(synthetic_dir, tmp_path: Path):
+    # the synthetic log has no user profile, so UMI says it runs its profile-free variant
+    result = cli("train", "--data", synthetic_dir, "--model", "umi", "--out", tmp_path / "umi", "--no-progress",
+                 "--set", "train.max_iters=10", "--set", "train.eval_every=10", "--set", "train.batch_size=16")
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "profile-free" in line]
+    assert warned == ["warning: UMI: dataset has no user profile; running the profile-free variant"]
+    assert ".py:" not in result.stderr, result.stderr
+
+
 def test_analyze_similarity_writes_a_figure_and_json(synthetic_dir, tmp_path: Path):
     runs = []
     for model in ("comirec-sa", "hpcl4sr"):
